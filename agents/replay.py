@@ -1,0 +1,272 @@
+"""A replay buffer that stores poses instead of patches and re-renders observations when sampled.
+
+Storing every patch is what made the old landmark code need 9 GB per 100k transitions of 45^3
+patches, and SB3's ``DictReplayBuffer`` stores next observations separately on top (1.56 GB at 50k
+transitions of 4x25^3, FACTS.md). An env state is fully described by a small integer pose, and the env
+rebuilds the observation of any pose deterministically, so the buffer keeps two poses per transition
+(~100 bytes) and asks a ``renderer`` for the patches of the sampled batch only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
+
+__all__ = ["PoseRenderer", "PoseReplayBuffer"]
+
+#: ``renderer(poses (B, pose_dim) int32) -> {"patch": (B, frames, P, P, P) uint8, key: (B,) int64, ...}``
+PoseRenderer = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+
+
+class PoseReplayBuffer(DictReplayBuffer):
+    """SB3 replay buffer for Dict observations that stores poses and re-renders observations.
+
+    Per transition it keeps ``info["previous_pose"]`` and ``info["pose"]`` (int32, ``pose_dim`` each), the
+    action, the reward, the done flag and the time-limit flag. At sample time the poses of the batch
+    (observations and next observations together, one call) go through ``renderer``.
+
+    It subclasses ``DictReplayBuffer`` only so SB3's type checks (``load_replay_buffer``) accept it;
+    none of the parent's observation arrays are allocated.
+
+    SB3's ``DummyVecEnv`` auto-resets at episode end and puts the reset observation in ``obs``; the final
+    state is still ``infos[i]["pose"]``, so nothing special is needed here. With ``n_envs > 1`` the
+    renderer must be able to render the poses of every env (e.g. the pose names the case).
+
+    The renderer is not pickled (``__getstate__`` drops it): a renderer is usually a bound method of an env
+    that holds whole volumes. After ``load_replay_buffer``, attach one with :meth:`set_renderer`.
+
+    Args:
+        buffer_size: Maximum number of transitions (over all envs, as in SB3).
+        observation_space: The env's ``spaces.Dict`` observation space (used to check rendered batches).
+        action_space: ``spaces.Discrete`` action space.
+        device: Torch device of the sampled tensors.
+        n_envs: Number of parallel envs.
+        optimize_memory_usage: Must be False (poses are already tiny); accepted because SB3 passes it.
+        handle_timeout_termination: If True, a transition whose info has ``"TimeLimit.truncated"`` True is
+            bootstrapped (done treated as not done), as in SB3.
+        renderer: ``renderer(poses) -> dict obs``; may be None until :meth:`set_renderer` is called.
+        pose_dim: Length of a pose; if None it is taken from the first added transition.
+
+    Raises:
+        ValueError: On an unsupported action space or ``optimize_memory_usage=True``.
+    """
+
+    poses: np.ndarray | None
+    next_poses: np.ndarray | None
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Dict,
+        action_space: spaces.Space,
+        device: torch.device | str = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+        renderer: PoseRenderer | None = None,
+        pose_dim: int | None = None,
+    ) -> None:
+        # Skip DictReplayBuffer/ReplayBuffer.__init__: they allocate the patch arrays this buffer avoids.
+        super(ReplayBuffer, self).__init__(
+            buffer_size, observation_space, action_space, device, n_envs=n_envs
+        )
+        if not isinstance(observation_space, spaces.Dict):
+            raise ValueError(
+                f"PoseReplayBuffer: observation_space must be a spaces.Dict, got {observation_space}"
+            )
+        if not isinstance(action_space, spaces.Discrete):
+            raise ValueError(f"PoseReplayBuffer: action_space must be spaces.Discrete, got {action_space}")
+        if optimize_memory_usage:
+            raise ValueError(
+                "PoseReplayBuffer: optimize_memory_usage must be False (poses are already small)"
+            )
+        self.optimize_memory_usage = False
+        self.handle_timeout_termination = handle_timeout_termination
+        self.renderer = renderer
+        self.buffer_size = max(buffer_size // n_envs, 1)
+
+        action_dtype = np.int16 if action_space.n <= np.iinfo(np.int16).max else np.int64
+        self.actions = np.zeros((self.buffer_size, self.n_envs, 1), dtype=action_dtype)
+        self.rewards = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+        # SB3 writes ``dones[pos] = True`` when it truncates a trajectory, so keep the name and a 2-D layout.
+        self.dones = np.zeros((self.buffer_size, self.n_envs), dtype=np.bool_)
+        self.timeouts = np.zeros((self.buffer_size, self.n_envs), dtype=np.bool_)
+        self.poses = None
+        self.next_poses = None
+        if pose_dim is not None:
+            self._allocate_poses(pose_dim)
+
+    def _allocate_poses(self, pose_dim: int) -> None:
+        shape = (self.buffer_size, self.n_envs, pose_dim)
+        self.poses = np.zeros(shape, dtype=np.int32)
+        self.next_poses = np.zeros(shape, dtype=np.int32)
+
+    @property
+    def pose_dim(self) -> int | None:
+        """Length of a stored pose, or None before the first transition."""
+        return None if self.poses is None else int(self.poses.shape[-1])
+
+    def set_renderer(self, renderer: PoseRenderer) -> None:
+        """Attach the callable that turns poses (B, pose_dim) into a batch of observations."""
+        self.renderer = renderer
+
+    def nbytes_per_transition(self) -> float:
+        """Bytes of storage per transition (poses, action, reward, done, timeout), measured on the arrays.
+
+        Returns:
+            Total bytes of all per-transition arrays divided by their capacity in transitions.
+
+        Raises:
+            RuntimeError: Before the pose arrays exist (no transition added and no ``pose_dim`` given).
+        """
+        if self.poses is None or self.next_poses is None:
+            raise RuntimeError("PoseReplayBuffer: pose_dim is unknown until the first add(); pass pose_dim=")
+        arrays = (self.poses, self.next_poses, self.actions, self.rewards, self.dones, self.timeouts)
+        return sum(array.nbytes for array in arrays) / (self.buffer_size * self.n_envs)
+
+    def add(  # type: ignore[override]
+        self,
+        obs: dict[str, np.ndarray],
+        next_obs: dict[str, np.ndarray],
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        """Store one vectorised env step; ``obs``/``next_obs`` are ignored in favour of the infos' poses.
+
+        Args:
+            obs: Observations before the step (unused; they are re-rendered from ``previous_pose``).
+            next_obs: Observations after the step (unused; re-rendered from ``pose``).
+            action: (n_envs,) or (n_envs, 1) actions.
+            reward: (n_envs,) rewards.
+            done: (n_envs,) episode-end flags (terminated or truncated).
+            infos: n_envs info dicts, each with ``"previous_pose"`` and ``"pose"`` int arrays (pose_dim,).
+
+        Raises:
+            ValueError: If an info lacks ``"pose"`` or ``"previous_pose"``, or a pose has the wrong length.
+        """
+        if len(infos) != self.n_envs:
+            raise ValueError(f"PoseReplayBuffer.add: expected {self.n_envs} infos, got {len(infos)}")
+        try:
+            previous = np.stack([np.asarray(info["previous_pose"]) for info in infos])
+            current = np.stack([np.asarray(info["pose"]) for info in infos])
+        except KeyError as error:
+            raise ValueError(
+                f"PoseReplayBuffer.add: every step info needs 'previous_pose' and 'pose', missing {error}; "
+                "use the sb3 replay buffer for envs without poses"
+            ) from error
+        if self.poses is None:
+            self._allocate_poses(previous.shape[-1])
+        if previous.shape != (self.n_envs, self.pose_dim) or current.shape != previous.shape:
+            raise ValueError(
+                f"PoseReplayBuffer.add: expected poses of shape ({self.n_envs}, {self.pose_dim}), "
+                f"got previous_pose {previous.shape} and pose {current.shape}"
+            )
+        assert self.poses is not None
+        assert self.next_poses is not None
+        self.poses[self.pos] = previous
+        self.next_poses[self.pos] = current
+        self.actions[self.pos] = np.asarray(action).reshape(self.n_envs, 1)
+        self.rewards[self.pos] = np.asarray(reward).reshape(self.n_envs)
+        self.dones[self.pos] = np.asarray(done).reshape(self.n_envs)
+        if self.handle_timeout_termination:
+            self.timeouts[self.pos] = [bool(info.get("TimeLimit.truncated", False)) for info in infos]
+
+        self.pos += 1
+        if self.pos == self.buffer_size:
+            self.full = True
+            self.pos = 0
+
+    def sample(  # type: ignore[override]
+        self, batch_size: int, env: VecNormalize | None = None
+    ) -> DictReplayBufferSamples:
+        """Sample ``batch_size`` transitions uniformly (with replacement), rendering their observations.
+
+        Returns:
+            ``DictReplayBufferSamples`` with observations/next_observations as dicts of (B, ...) tensors
+            (Discrete keys as (B, 1) like SB3's buffer), actions (B, 1) int64, rewards (B, 1) and
+            dones (B, 1) float32 where time-limit ends count as not done.
+        """
+        if self.size() == 0:
+            raise RuntimeError("PoseReplayBuffer.sample: the buffer is empty")
+        return super(ReplayBuffer, self).sample(batch_size=batch_size, env=env)
+
+    def _get_samples(  # type: ignore[override]
+        self, batch_inds: np.ndarray, env: VecNormalize | None = None
+    ) -> DictReplayBufferSamples:
+        # The global numpy RNG, as SB3's own sample(): SB3 seeds it in set_random_seed.
+        env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))  # noqa: NPY002
+        return self.samples_at(batch_inds, env_indices, env)
+
+    def samples_at(
+        self, batch_inds: np.ndarray, env_indices: np.ndarray, env: VecNormalize | None = None
+    ) -> DictReplayBufferSamples:
+        """The transitions stored at buffer rows ``batch_inds`` of envs ``env_indices``, rendered.
+
+        Args:
+            batch_inds: (B,) row indices in [0, size()).
+            env_indices: (B,) env indices in [0, n_envs).
+            env: Optional VecNormalize whose statistics normalise observations and rewards, as in SB3.
+
+        Returns:
+            The batch as described in :meth:`sample`.
+        """
+        if self.renderer is None:
+            raise RuntimeError(
+                "PoseReplayBuffer: no renderer attached; call set_renderer(env.observations_from_poses)"
+            )
+        assert self.poses is not None
+        assert self.next_poses is not None
+        batch_inds, env_indices = np.asarray(batch_inds), np.asarray(env_indices)
+        batch = len(batch_inds)
+        # One renderer call for both halves: batched rendering amortises its per-call overhead.
+        poses = np.concatenate(
+            [self.poses[batch_inds, env_indices], self.next_poses[batch_inds, env_indices]]
+        )
+        rendered = self._check_rendered(self.renderer(poses), 2 * batch)
+        obs = self._normalize_obs({key: value[:batch] for key, value in rendered.items()}, env)
+        next_obs = self._normalize_obs({key: value[batch:] for key, value in rendered.items()}, env)
+        assert isinstance(obs, dict)
+        assert isinstance(next_obs, dict)
+
+        timeouts = self.timeouts[batch_inds, env_indices]
+        dones = self.dones[batch_inds, env_indices] & ~timeouts
+        rewards = self._normalize_reward(self.rewards[batch_inds, env_indices].reshape(-1, 1), env)
+        return DictReplayBufferSamples(
+            observations={key: self.to_torch(value) for key, value in obs.items()},
+            actions=self.to_torch(self.actions[batch_inds, env_indices].astype(np.int64)),
+            next_observations={key: self.to_torch(value) for key, value in next_obs.items()},
+            dones=self.to_torch(dones.astype(np.float32).reshape(-1, 1)),
+            rewards=self.to_torch(np.asarray(rewards, dtype=np.float32)),
+        )
+
+    def _check_rendered(self, rendered: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        """Check the renderer's batch against the observation space and reshape it like SB3's buffer."""
+        missing = set(self.obs_shape) - set(rendered)
+        if missing:
+            raise ValueError(f"PoseReplayBuffer: the renderer's output lacks keys {sorted(missing)}")
+        out = {}
+        for key, shape in self.obs_shape.items():
+            value = np.asarray(rendered[key])
+            if value.size != batch * int(np.prod(shape)):
+                raise ValueError(
+                    f"PoseReplayBuffer: renderer key {key!r} has shape {value.shape}, "
+                    f"expected ({batch}, *{shape})"
+                )
+            # Discrete keys come as (B,); SB3's buffer hands them out as (B, 1), which preprocess_obs expects.
+            out[key] = value.reshape(batch, *shape)
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The renderer is typically an env's bound method: pickling it would pickle whole volumes.
+        state = self.__dict__.copy()
+        state["renderer"] = None
+        return state

@@ -1,0 +1,155 @@
+"""Training-time augmentation: random rigid/affine + elastic warps and intensity changes.
+
+An augmentation is a *variant* of a subject: a deterministic function of (subject, seed), so a
+replay buffer that stores only poses can rebuild any observation later. The spatial part is
+one SimpleITK transform ``T`` that maps a point of the augmented image to the original
+image (``augmented(p) = original(T(p))``, SimpleITK's resampling convention); landmarks move
+with the image through the exact inverse of ``T``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from scipy.spatial.transform import Rotation
+
+from envs.volume import IntensityPreset, Pyramid, Volume, build_pyramid
+
+__all__ = ["AugmentConfig", "augmented_pyramid", "invert_point", "random_transform"]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random augmentation (all drawn uniformly in ``[-x, x]`` unless stated).
+
+    Attributes:
+        variants_per_case: augmented copies per training case (0 disables augmentation); the
+            original is always variant 0.
+        rotation_deg: rotation about each axis through the volume centre.
+        scale: relative scale change per axis (0.1 = +-10 %).
+        translation_mm: shift per axis.
+        elastic_mm: std-dev of the smooth elastic displacement (per component).
+        elastic_grid_mm: spacing of the elastic control grid (smoothness).
+        gamma: range (low, high) of the intensity gamma, drawn log-uniformly.
+        bias: amplitude of a smooth multiplicative bias field (0.2 = +-20 %).
+        noise: std-dev of additive noise as a fraction of the uint8 range.
+    """
+
+    variants_per_case: int = 4
+    rotation_deg: float = 10.0
+    scale: float = 0.08
+    translation_mm: float = 10.0
+    elastic_mm: float = 3.0
+    elastic_grid_mm: float = 40.0
+    gamma: tuple[float, float] = (0.7, 1.4)
+    bias: float = 0.15
+    noise: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.variants_per_case < 0:
+            raise ValueError(f"augment.variants_per_case: expected >= 0, got {self.variants_per_case}")
+        low, high = self.gamma
+        if not 0 < low <= high:
+            raise ValueError(f"augment.gamma: expected 0 < low <= high, got {self.gamma}")
+        for name in ("rotation_deg", "scale", "translation_mm", "elastic_mm", "bias", "noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augment.{name}: expected >= 0, got {getattr(self, name)}")
+        if self.scale >= 0.5:
+            raise ValueError(f"augment.scale: expected < 0.5 (relative), got {self.scale}")
+
+
+def random_transform(volume: Volume, config: AugmentConfig, rng: np.random.Generator) -> sitk.Transform:
+    """A random affine (about the volume centre) composed with a smooth elastic field."""
+    center = volume.center_lps_mm
+    rotation = Rotation.from_euler("xyz", rng.uniform(-1, 1, 3) * config.rotation_deg, degrees=True)
+    scales = 1.0 + rng.uniform(-1, 1, 3) * config.scale
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(center.tolist())
+    affine.SetMatrix((rotation.as_matrix() @ np.diag(scales)).reshape(-1).tolist())
+    affine.SetTranslation((rng.uniform(-1, 1, 3) * config.translation_mm).tolist())
+    if config.elastic_mm <= 0:
+        return affine
+    lower, upper = volume.extent_lps_mm
+    # The field reaches two control spacings past the volume so it fades out smoothly.
+    margin = 2 * config.elastic_grid_mm
+    size = np.ceil((upper - lower + 2 * margin) / config.elastic_grid_mm).astype(int) + 1
+    field = rng.normal(0.0, config.elastic_mm, size=(*size[::-1], 3))
+    image = sitk.GetImageFromArray(field, isVector=True)  # array (z, y, x, 3) -> image size (x, y, z)
+    image.SetSpacing([config.elastic_grid_mm] * 3)
+    image.SetOrigin((lower - margin).tolist())
+    elastic = sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
+    # CompositeTransform([a, b]) maps p -> a(b(p)): warp elastically first, then the affine.
+    return sitk.CompositeTransform([affine, elastic])
+
+
+def invert_point(transform: sitk.Transform, point_lps: NDArray, tolerance_mm: float = 1e-3) -> NDArray:
+    """The point ``p`` with ``transform(p) == point_lps`` (fixed-point iteration, smooth fields)."""
+    target = np.asarray(point_lps, dtype=np.float64)
+    guess = target.copy()
+    for _ in range(100):
+        residual = np.asarray(transform.TransformPoint(guess.tolist())) - target
+        if np.linalg.norm(residual) < tolerance_mm:
+            return guess
+        # Undo the residual through the affine part's inverse Jacobian approximation: the
+        # elastic part is small and smooth, so plain subtraction of the mapped residual converges.
+        guess = guess - _approximate_inverse_jacobian(transform, guess) @ residual
+    raise ValueError(
+        f"augmentation: could not invert the transform at {target.tolist()} (residual "
+        f"{np.linalg.norm(residual):.3g} mm); lower augment.elastic_mm or augment.scale"
+    )
+
+
+def _approximate_inverse_jacobian(transform: sitk.Transform, point: NDArray, step_mm: float = 1.0) -> NDArray:
+    base = np.asarray(transform.TransformPoint(point.tolist()))
+    jacobian = np.empty((3, 3))
+    for axis in range(3):
+        shifted = point.copy()
+        shifted[axis] += step_mm
+        jacobian[:, axis] = (np.asarray(transform.TransformPoint(shifted.tolist())) - base) / step_mm
+    return np.linalg.inv(jacobian)
+
+
+def augmented_pyramid(
+    volume: Volume,
+    landmarks: dict[str, NDArray],
+    spacings_mm: tuple[float, ...],
+    preset: str | IntensityPreset,
+    config: AugmentConfig,
+    seed: int,
+) -> tuple[Pyramid, dict[str, NDArray]]:
+    """A randomly warped and re-contrasted pyramid of ``volume`` and its moved landmarks.
+
+    Deterministic in ``seed``. The levels share the original pyramid's physical grid.
+    """
+    rng = np.random.default_rng(seed)
+    transform = random_transform(volume, config, rng)
+    pyramid = build_pyramid(volume, spacings_mm, preset, transform=transform)
+    moved = {name: invert_point(transform, point) for name, point in landmarks.items()}
+    low, high = config.gamma
+    gamma = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    lut = np.rint(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
+    bias_coefficients = rng.uniform(-1, 1, 4) * config.bias
+    noise_seed = int(rng.integers(2**31))
+    levels = []
+    for index, level in enumerate(pyramid.levels):
+        voxels = lut[level.voxels].astype(np.float32)
+        voxels *= _bias_field(level, bias_coefficients)
+        if config.noise > 0:
+            noise_rng = np.random.default_rng(noise_seed + index)
+            voxels += noise_rng.normal(0.0, 255.0 * config.noise, size=voxels.shape).astype(np.float32)
+        # Outside the field of view stays 0 so "no data" never looks like tissue.
+        voxels[level.voxels == 0] = 0.0
+        levels.append(level.with_voxels(np.clip(np.rint(voxels), 0, 255).astype(np.uint8)))
+    return Pyramid(tuple(levels), pyramid.spacings_mm), moved
+
+
+def _bias_field(level: Volume, coefficients: NDArray) -> NDArray[np.float32]:
+    """A smooth multiplicative field: 1 + linear ramps along z, y, x + a quadratic bowl."""
+    axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in level.shape_zyx]
+    z, y, x = np.meshgrid(*axes, indexing="ij", sparse=True)
+    field = 1.0 + coefficients[0] * z + coefficients[1] * y + coefficients[2] * x
+    field = field + coefficients[3] * (x**2 + y**2 - 0.5)
+    return np.clip(field, 0.5, 1.5).astype(np.float32)

@@ -1,0 +1,504 @@
+"""Evaluate landmark-detection runs in millimetres on held-out volumes.
+
+    python evaluate.py runs/landmark_phantom-20261125-101500 [more runs ...]
+        [--data MANIFEST] [--split test] [--baseline atlas] [--gif] [--out DIR]
+    python evaluate.py RUN --predict scan1.nii.gz scan2.nrrd --out predictions/
+
+For every run: the agent's search on every case of the split, beside the oracle (greedy on
+the true distance: the floor that the finest step sets) and optionally the atlas baseline
+(register training volumes to each test volume with SimpleITK and carry their landmarks).
+Writes metrics.json, errors.csv, metrics.md and PNG plots; several runs (training seeds)
+are summarised as mean +- std.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io as text_io
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.config import ConfigError, LandmarkExperiment
+from agents.dqn import load_policy, set_torch_threads
+from agents.runs import Run, atomic_write_text, open_run
+from agents.search import Detection, OraclePolicy, QNetworkPolicy, detect_landmarks
+from envs import io
+from envs.dataset import Case, Dataset
+from envs.landmark import LandmarkWorld
+
+__all__ = ["compute_metrics", "main"]
+
+WITHIN_MM = (2.0, 4.0, 8.0)
+MISS_MM = 10.0
+
+
+def compute_metrics(errors_mm: list[float], found: list[bool], seconds: list[float]) -> dict[str, float]:
+    """Summary of one method's errors: an undetected landmark counts as a miss, not as an error.
+
+    Example:
+        >>> m = compute_metrics([1.0, 2.0, 3.0, 30.0], [True] * 4, [0.01] * 4)
+        >>> m["median_mm"], m["misses"], m["within_2mm"]
+        (2.5, 1, 0.5)
+    """
+    values = np.array([e for e, f in zip(errors_mm, found, strict=True) if f], dtype=np.float64)
+    total = len(errors_mm)
+    not_found = total - len(values)
+    if values.size == 0:
+        values = np.array([np.nan])
+    metrics: dict[str, float] = {
+        "n": total,
+        "mean_mm": float(np.nanmean(values)),
+        "std_mm": float(np.nanstd(values)),
+        "median_mm": float(np.nanmedian(values)),
+        "p95_mm": float(np.nanpercentile(values, 95)),
+        "max_mm": float(np.nanmax(values)),
+        "not_found": not_found,
+        "misses": int(np.sum(values > MISS_MM)) + not_found,
+        "ms_per_landmark": 1000.0 * float(np.mean(seconds)) if seconds else float("nan"),
+    }
+    for limit in WITHIN_MM:
+        metrics[f"within_{limit:g}mm"] = float(np.sum(values <= limit)) / max(total, 1)
+    return metrics
+
+
+def _dataset_for(run: Run, data: Path | None) -> Dataset:
+    if data is not None:
+        return Dataset.from_manifest(data)
+    from train import prepare_dataset
+
+    return prepare_dataset(run.experiment)
+
+
+def _world(
+    experiment: LandmarkExperiment,
+    dataset: Dataset,
+    split: str,
+    names: list[str],
+    case_ids: list[str] | None = None,
+) -> LandmarkWorld:
+    env = experiment.env
+    return LandmarkWorld(
+        dataset,
+        split,
+        names,
+        env.levels_mm,
+        env.patch_size,
+        env.frames,
+        env.preset,
+        None,
+        seed=experiment.seed,
+        case_ids=case_ids,
+    )
+
+
+def _check_landmarks(run: Run, dataset: Dataset, split: str, names: list[str]) -> None:
+    available = set(dataset.landmark_names([split]))
+    missing = [name for name in names if name not in available]
+    if len(missing) == len(names):
+        raise ValueError(
+            f"run {run.path}: the model was trained on landmarks {names}, but split {split!r} of "
+            f"{dataset.source} has {sorted(available)}; evaluate with data annotated for this model"
+        )
+    if missing:
+        print(
+            f"evaluate.py: note: {missing} not annotated in {split!r}; they are searched but not scored",
+            file=sys.stderr,
+        )
+
+
+def evaluate_run(
+    run: Run, dataset: Dataset, split: str, baseline: str | None, out: Path, gif: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Errors of agent, oracle (and baseline) on every case of ``split``; returns metrics and rows."""
+    experiment = run.experiment
+    names = run.landmark_names()
+    _check_landmarks(run, dataset, split, names)
+    world = _world(experiment, dataset, split, names)
+    policy = load_policy(run.policy_path(), (world.observation_space(), _action_space()))
+    methods: dict[str, Any] = {"agent": QNetworkPolicy(policy), "oracle": OraclePolicy()}
+    rows: list[dict[str, Any]] = []
+    from tqdm import tqdm
+
+    first_detections: dict[str, Detection] | None = None
+    for index in tqdm(range(world.n_variants), desc=f"evaluate {run.path.name}", unit="case"):
+        variant = world.variant(index)
+        for method, policy_fn in methods.items():
+            detections = detect_landmarks(world, variant, policy_fn, config=experiment.search, seed=index)
+            if method == "agent" and first_detections is None:
+                first_detections = detections
+                _plot_trajectories(world, variant, detections, out / "trajectories.png", gif)
+            rows.extend(_rows(run, variant, names, method, detections))
+        if baseline == "atlas":
+            rows.extend(_atlas_rows(run, dataset, variant, names))
+    metrics = _metrics_from_rows(rows)
+    return metrics, rows
+
+
+def _action_space() -> Any:
+    from gymnasium import spaces
+
+    return spaces.Discrete(6)
+
+
+def _rows(
+    run: Run, variant: Any, names: list[str], method: str, detections: dict[str, Detection]
+) -> list[dict[str, Any]]:
+    rows = []
+    for row, name in enumerate(names):
+        truth = variant.landmarks_lps_mm[row]
+        if np.isnan(truth[0]):
+            continue
+        found = detections[name]
+        position = found.position_lps_mm
+        error = float(np.linalg.norm(position - truth)) if not np.isnan(position[0]) else float("nan")
+        rows.append(
+            {
+                "run": run.path.name,
+                "case": variant.case_id,
+                "landmark": name,
+                "method": method,
+                "error_mm": error,
+                "found": bool(found.found and not np.isnan(error)),
+                "confidence": found.confidence,
+                "seconds": found.seconds,
+                "x_lps": position[0],
+                "y_lps": position[1],
+                "z_lps": position[2],
+                "true_x_lps": truth[0],
+                "true_y_lps": truth[1],
+                "true_z_lps": truth[2],
+            }
+        )
+    return rows
+
+
+def _atlas_rows(run: Run, dataset: Dataset, variant: Any, names: list[str]) -> list[dict[str, Any]]:
+    from agents.baselines import multi_atlas_transfer
+
+    atlases = []
+    for case in dataset.split("train")[:3]:
+        subject = dataset.load(case)
+        atlases.append((subject.volume, {n: p for n, p in subject.landmarks.items() if n in names}))
+    target = dataset.load(variant.case_id).volume
+    result = multi_atlas_transfer(atlases, target)
+    detections = {}
+    for name in names:
+        point = result.landmarks.get(name, np.full(3, np.nan))
+        detections[name] = Detection(
+            name,
+            np.asarray(point, dtype=float),
+            not np.isnan(point[0]),
+            1.0,
+            0,
+            result.seconds / max(len(names), 1),
+            np.zeros((0, 3)),
+            [],
+        )
+    return _rows(run, variant, names, "atlas", detections)
+
+
+def _metrics_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        grouped[(row["method"], row["landmark"])].append(row)
+        grouped[(row["method"], "all")].append(row)
+    metrics: dict[str, Any] = defaultdict(dict)
+    for (method, landmark), items in grouped.items():
+        metrics[method][landmark] = compute_metrics(
+            [r["error_mm"] for r in items], [r["found"] for r in items], [r["seconds"] for r in items]
+        )
+    return dict(metrics)
+
+
+def _markdown(metrics: dict[str, Any], title: str) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| method | landmark | n | mean ± std (mm) | median | p95 | max "
+        "| ≤2 mm | ≤4 mm | ≤8 mm | misses | ms/landmark |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, per_landmark in metrics.items():
+        for landmark in sorted(per_landmark, key=lambda n: (n == "all", n)):
+            m = per_landmark[landmark]
+            lines.append(
+                f"| {method} | {'**all**' if landmark == 'all' else landmark} | {m['n']} | "
+                f"{m['mean_mm']:.2f} ± {m['std_mm']:.2f} | {m['median_mm']:.2f} | {m['p95_mm']:.2f} | "
+                f"{m['max_mm']:.2f} | {m['within_2mm']:.0%} | {m['within_4mm']:.0%} | "
+                f"{m['within_8mm']:.0%} | "
+                f"{m['misses']} | {m['ms_per_landmark']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = text_io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _plot_errors(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted(
+        {r["method"] for r in rows},
+        key=lambda m: ("agent", "oracle", "atlas").index(m) if m in ("agent", "oracle", "atlas") else 9,
+    )
+    landmarks = sorted({r["landmark"] for r in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(landmarks) + 2), 4.2))
+    width = 0.8 / len(methods)
+    for k, method in enumerate(methods):
+        data = [
+            [r["error_mm"] for r in rows if r["method"] == method and r["landmark"] == lm and r["found"]]
+            or [np.nan]
+            for lm in landmarks
+        ]
+        positions = np.arange(len(landmarks)) + (k - (len(methods) - 1) / 2) * width
+        parts = ax.boxplot(
+            data,
+            positions=positions,
+            widths=width * 0.9,
+            patch_artist=True,
+            showfliers=True,
+            manage_ticks=False,
+        )
+        for box in parts["boxes"]:
+            box.set_facecolor(f"C{k}")
+            box.set_alpha(0.6)
+        ax.plot([], [], color=f"C{k}", linewidth=6, alpha=0.6, label=method)
+    ax.set_xticks(np.arange(len(landmarks)), landmarks, rotation=30, ha="right")
+    ax.set_ylabel("error (mm)")
+    ax.set_yscale("symlog", linthresh=2.0)
+    ax.axhline(2.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_title("Landmark error per landmark on held-out cases")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    buffer = text_io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_bytes(buffer.getvalue())
+    temp.replace(path)
+
+
+def _plot_trajectories(
+    world: LandmarkWorld, variant: Any, detections: dict[str, Detection], path: Path, gif: bool
+) -> None:
+    """Search paths of every landmark on three orthogonal maximum-intensity views of the finest level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    level = variant.pyramid.levels[-1]
+    voxels = level.voxels
+    views = [
+        ("axial (z)", voxels.max(axis=0), (0, 1)),
+        ("coronal (y)", voxels.max(axis=1)[::-1], (0, 2)),
+        ("sagittal (x)", voxels.max(axis=2)[::-1], (1, 2)),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
+    n_z = voxels.shape[0]
+    for ax, (title, image, _) in zip(axes, views, strict=True):
+        ax.imshow(image, cmap="gray")
+        ax.set_title(title)
+        ax.axis("off")
+    for k, (name, detection) in enumerate(detections.items()):
+        color = f"C{k % 10}"
+        truth = variant.landmarks_lps_mm[world.landmark_names.index(name)]
+        for path_lps in detection.trajectories_lps_mm:
+            if len(path_lps) == 0:
+                continue
+            zyx = level.lps_to_index(path_lps)[:, ::-1]
+            axes[0].plot(zyx[:, 2], zyx[:, 1], color=color, linewidth=0.9)
+            axes[1].plot(zyx[:, 2], n_z - 1 - zyx[:, 0], color=color, linewidth=0.9)
+            axes[2].plot(zyx[:, 1], n_z - 1 - zyx[:, 0], color=color, linewidth=0.9)
+        if not np.isnan(truth[0]):
+            t = level.lps_to_index(truth)[::-1]
+            axes[0].plot(t[2], t[1], "x", color=color, markersize=7, label=name)
+            axes[1].plot(t[2], n_z - 1 - t[0], "x", color=color, markersize=7)
+            axes[2].plot(t[1], n_z - 1 - t[0], "x", color=color, markersize=7)
+    axes[0].legend(fontsize=7, loc="lower left", ncol=2)
+    fig.suptitle(f"{variant.case_id}: search paths (lines) and true landmarks (x)")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+    if gif:
+        _write_gif(world, variant, detections, path.with_suffix(".gif"))
+
+
+def _write_gif(world: LandmarkWorld, variant: Any, detections: dict[str, Detection], path: Path) -> None:
+    """The first landmark's search as orthogonal slices, frame by frame."""
+    from PIL import Image
+
+    from envs.render import orthogonal_slices
+
+    name, detection = next(iter(detections.items()))
+    if not detection.trajectories_lps_mm:
+        return
+    trajectory = detection.trajectories_lps_mm[0]
+    level = variant.pyramid.levels[-1]
+    truth = variant.landmarks_lps_mm[world.landmark_names.index(name)]
+    frames = [
+        Image.fromarray(orthogonal_slices(level, point, trajectory[: i + 1], truth))
+        for i, point in enumerate(trajectory)
+    ]
+    temp = path.with_name(f".{path.name}.tmp")
+    frames[0].save(temp, format="GIF", save_all=True, append_images=frames[1:], duration=120, loop=0)
+    temp.replace(path)
+
+
+def predict(run: Run, volumes: list[Path], out: Path) -> list[Path]:
+    """Detect the run's landmarks on unlabelled volumes and write .fcsv and .mrk.json for 3D Slicer."""
+    names = run.landmark_names()
+    cases = [Case(f"predict_{i:03d}_{_stem(path)}", "test", image=path) for i, path in enumerate(volumes)]
+    for path in volumes:
+        if not path.exists():
+            raise FileNotFoundError(f"--predict {path}: file not found")
+    dataset = Dataset(cases, source="--predict volumes")
+    world = _world(run.experiment, dataset, "test", names)
+    policy = QNetworkPolicy(load_policy(run.policy_path(), (world.observation_space(), _action_space())))
+    written = []
+    for index, path in enumerate(volumes):
+        variant = world.variant(index)
+        detections = detect_landmarks(world, variant, policy, config=run.experiment.search, seed=index)
+        points = {name: d.position_lps_mm for name, d in detections.items() if d.found}
+        if not points:
+            print(f"evaluate.py: {path}: no landmark found in the field of view", file=sys.stderr)
+            continue
+        for suffix in (".fcsv", ".mrk.json"):
+            written.append(io.write_landmarks(points, out / f"{_stem(path)}{suffix}"))
+        for name, d in detections.items():
+            state = "found" if d.found else "NOT FOUND"
+            print(
+                f"{_stem(path)}: {name}: {state} at LPS {np.round(d.position_lps_mm, 1).tolist()} "
+                f"(confidence {d.confidence:.2f})"
+            )
+    return written
+
+
+def _stem(path: Path) -> str:
+    name = path.name.rstrip("/")
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _summarise_runs(per_run: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean +- std over runs of the overall figures, per method."""
+    summary: dict[str, Any] = {}
+    methods = {m for metrics in per_run.values() for m in metrics}
+    for method in sorted(methods):
+        figures = defaultdict(list)
+        for metrics in per_run.values():
+            if method in metrics:
+                for key, value in metrics[method]["all"].items():
+                    figures[key].append(value)
+        summary[method] = {
+            key: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": len(v)}
+            for key, v in figures.items()
+        }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Evaluate medgym landmark runs in mm on held-out volumes.")
+    parser.add_argument("runs", nargs="+", type=Path, help="run folder(s) made by train.py")
+    parser.add_argument("--data", type=Path, help="manifest to evaluate on (default: the run's own data)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--baseline", choices=("atlas",), help="also run the atlas-registration baseline")
+    parser.add_argument("--gif", action="store_true", help="also write an animated GIF of one search")
+    parser.add_argument("--out", type=Path, help="output folder (default RUN/eval-SPLIT)")
+    parser.add_argument(
+        "--predict",
+        nargs="+",
+        type=Path,
+        metavar="VOLUME",
+        help="write predicted landmarks (.fcsv, .mrk.json) for these volumes instead",
+    )
+    args = parser.parse_args(argv)
+    try:
+        set_torch_threads(1)
+        return _run(args)
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"evaluate.py: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    runs = [open_run(path) for path in args.runs]
+    for run in runs:
+        run.landmark_names()
+        run.policy_path()
+    if args.predict:
+        if len(runs) != 1:
+            raise ValueError("--predict takes exactly one run folder")
+        out = args.out or runs[0].path / "predictions"
+        written = predict(runs[0], args.predict, out)
+        print(f"evaluate.py: wrote {len(written)} landmark files to {out}")
+        return 0
+    per_run: dict[str, dict[str, Any]] = {}
+    markdown = []
+    for run in runs:
+        began = time.perf_counter()
+        dataset = _dataset_for(run, args.data)
+        if not dataset.split(args.split):
+            raise ValueError(
+                f"{dataset.source}: split {args.split!r} has no cases; choose --split train/val/test"
+            )
+        out = (
+            args.out / run.path.name
+            if args.out and len(runs) > 1
+            else (args.out or run.path / f"eval-{args.split}")
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        metrics, rows = evaluate_run(run, dataset, args.split, args.baseline, out, args.gif)
+        per_run[run.path.name] = metrics
+        _write_csv(out / "errors.csv", rows)
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        table = _markdown(metrics, f"{run.path.name}: split {args.split} ({dataset.source})")
+        atomic_write_text(out / "metrics.md", table)
+        _plot_errors(rows, out / "errors_per_landmark.png")
+        markdown.append(table)
+        print(table)
+        print(
+            f"evaluate.py: {time.perf_counter() - began:.0f} s; wrote {out}/metrics.json, errors.csv, "
+            f"metrics.md, errors_per_landmark.png, trajectories.png"
+            + (", trajectories.gif" if args.gif else "")
+        )
+    if len(runs) > 1:
+        summary = _summarise_runs(per_run)
+        target = args.out or runs[0].path.parent
+        atomic_write_text(Path(target) / "summary_over_runs.json", json.dumps(summary, indent=2) + "\n")
+        print(f"### mean ± std over {len(runs)} runs")
+        for method, figures in summary.items():
+            med, p95 = figures["median_mm"], figures["p95_mm"]
+            print(
+                f"{method}: median {med['mean']:.2f} ± {med['std']:.2f} mm, p95 {p95['mean']:.2f} ± "
+                f"{p95['std']:.2f} mm"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

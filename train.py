@@ -1,0 +1,331 @@
+"""Train a landmark-detection DQN from a YAML config.
+
+    python train.py configs/landmark_phantom.yaml [--set train.total_timesteps=20000 ...]
+    python train.py --resume runs/landmark-20261125-101500
+
+Reads top to bottom: config, seeding, data, envs, model, callbacks, learn, save. The logic
+lives in envs/ and agents/; tests call :func:`main` in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io as text_io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+import envs
+from agents.config import ConfigError, LandmarkExperiment, load_experiment
+from agents.dqn import build_model, load_policy, save_policy, set_torch_threads
+from agents.runs import Run, atomic_write_text, create_run, open_run
+from agents.search import QNetworkPolicy, detect_landmarks
+from envs.dataset import Dataset
+from envs.landmark import LandmarkWorld
+
+__all__ = ["main", "prepare_dataset", "validate"]
+
+
+def prepare_dataset(experiment: LandmarkExperiment) -> Dataset:
+    """The experiment's dataset; phantoms are written to disk once and then read like real data."""
+    data = experiment.data
+    cache_bytes = int(data.cache_gib * (1 << 30))
+    if data.manifest is not None:
+        return Dataset.from_manifest(data.manifest, cache_bytes=cache_bytes)
+    from envs.phantom import PhantomConfig, write_phantom_dataset
+
+    spec = data.phantoms
+    assert spec is not None  # LandmarkExperiment checks that one of the two is set
+    folder = Path(spec.cache_dir) / (
+        f"n{spec.n_train}-{spec.n_val}-{spec.n_test}_seed{spec.seed}_{spec.spacing_mm:g}mm"
+        + ("_partial" if spec.partial_fov else "")
+    )
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file():
+        config = PhantomConfig(spacing_mm=spec.spacing_mm, partial_fov=spec.partial_fov)
+        write_phantom_dataset(folder, spec.n_train, spec.n_val, spec.n_test, seed=spec.seed, config=config)
+    return Dataset.from_manifest(manifest, cache_bytes=cache_bytes)
+
+
+def make_world(
+    experiment: LandmarkExperiment,
+    dataset: Dataset,
+    split: str,
+    augment: bool = False,
+    landmarks: list[str] | None = None,
+) -> LandmarkWorld:
+    env = experiment.env
+    names = landmarks or list(env.landmarks or dataset.landmark_names(["train"]))
+    return LandmarkWorld(
+        dataset,
+        split,
+        names,
+        env.levels_mm,
+        env.patch_size,
+        env.frames,
+        env.preset,
+        experiment.augment if augment else None,
+        seed=experiment.seed,
+    )
+
+
+def validate(
+    policy: Any, world: LandmarkWorld, experiment: LandmarkExperiment, max_cases: int | None = None
+) -> dict[str, float]:
+    """Median / p95 / max landmark error (mm) of the greedy search on ``world``'s cases."""
+    errors = []
+    misses = 0
+    q_policy = QNetworkPolicy(policy)
+    for variant_index in range(min(world.n_variants, max_cases or world.n_variants)):
+        variant = world.variant(variant_index)
+        detections = detect_landmarks(world, variant, q_policy, config=experiment.search, seed=variant_index)
+        for row, name in enumerate(world.landmark_names):
+            truth = variant.landmarks_lps_mm[row]
+            if np.isnan(truth[0]):
+                continue
+            found = detections[name]
+            if not found.found or np.isnan(found.position_lps_mm[0]):
+                misses += 1
+                continue
+            errors.append(float(np.linalg.norm(found.position_lps_mm - truth)))
+    values = np.array(errors) if errors else np.array([np.inf])
+    return {
+        "median_mm": float(np.median(values)),
+        "p95_mm": float(np.percentile(values, 95)),
+        "max_mm": float(values.max()),
+        "misses": float(misses),
+    }
+
+
+class TrainingMonitor(BaseCallback):
+    """Periodic validation, best-model saving, early stopping, checkpoints and a time limit."""
+
+    def __init__(
+        self,
+        run: Run,
+        val_world: LandmarkWorld,
+        experiment: LandmarkExperiment,
+        started_steps: int = 0,
+        best_mm: float = float("inf"),
+    ) -> None:
+        super().__init__()
+        self.run = run
+        self.val_world = val_world
+        self.experiment = experiment
+        self.best_mm = best_mm
+        self.evals_without_gain = 0
+        self.started = time.perf_counter()
+        self.started_steps = started_steps
+        self.last_eval = started_steps
+        self.last_checkpoint = started_steps
+        self.history: list[dict[str, float]] = []
+
+    def _on_step(self) -> bool:
+        train = self.experiment.train
+        keep_going = True
+        if self.num_timesteps - self.last_eval >= train.eval_every_steps:
+            self.last_eval = self.num_timesteps
+            keep_going = self._validate()
+        if self.num_timesteps - self.last_checkpoint >= train.checkpoint_every_steps:
+            self.last_checkpoint = self.num_timesteps
+            self._checkpoint()
+        if (time.perf_counter() - self.started) / 60.0 >= train.max_minutes:
+            keep_going = False
+        return keep_going
+
+    def _on_training_end(self) -> None:
+        if self.last_eval != self.num_timesteps:
+            self._validate()
+        self._checkpoint()
+
+    def _validate(self) -> bool:
+        began = time.perf_counter()
+        metrics = validate(
+            self.model.policy, self.val_world, self.experiment, self.experiment.train.eval_cases
+        )
+        self.model.policy.set_training_mode(True)
+        elapsed = time.perf_counter() - self.started
+        row = {
+            "step": float(self.num_timesteps),
+            "minutes": elapsed / 60.0,
+            **metrics,
+            "steps_per_s": (self.num_timesteps - self.started_steps) / max(elapsed, 1e-9),
+            "validation_s": time.perf_counter() - began,
+        }
+        self.history.append(row)
+        for key in ("median_mm", "p95_mm", "max_mm", "misses"):
+            self.logger.record(f"val/{key}", metrics[key])
+        self._append_csv(row)
+        if metrics["median_mm"] < self.best_mm:
+            self.best_mm = metrics["median_mm"]
+            self.evals_without_gain = 0
+            save_policy(self.model, self.run.best_policy)
+        else:
+            self.evals_without_gain += 1
+        return self.evals_without_gain < self.experiment.train.patience
+
+    def _checkpoint(self) -> None:
+        save_policy(self.model, self.run.latest_policy)
+        self.run.write_state(
+            {
+                "num_timesteps": int(self.num_timesteps),
+                "best_val_median_mm": self.best_mm,
+                "minutes": (time.perf_counter() - self.started) / 60.0,
+            }
+        )
+
+    def _append_csv(self, row: dict[str, float]) -> None:
+        path = self.run.path / "validation.csv"
+        old = path.read_text() if path.is_file() else ""
+        buffer = text_io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(row))
+        if not old:
+            writer.writeheader()
+        writer.writerow({key: f"{value:.4g}" for key, value in row.items()})
+        atomic_write_text(path, old + buffer.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train a medgym landmark-detection agent.")
+    parser.add_argument("config", nargs="?", help="experiment YAML, e.g. configs/landmark_phantom.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.total_timesteps=20000",
+    )
+    parser.add_argument("--run-dir", type=Path, help="run folder to create (default runs/NAME-DATE)")
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint"
+    )
+    args = parser.parse_args(argv)
+    try:
+        return train(args)
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"train.py: error: {message}", file=sys.stderr)
+        return 2
+
+
+def train(args: argparse.Namespace) -> int:
+    # 1. config
+    if args.resume is not None:
+        if args.config is not None or args.overrides:
+            raise ValueError("--resume takes the run's own config.yaml; drop the CONFIG and --set arguments")
+        run = open_run(args.resume)
+        experiment = run.experiment
+        state = run.read_state()
+    else:
+        if args.config is None:
+            raise ValueError("give a config file, e.g. python train.py configs/landmark_phantom.yaml")
+        experiment = load_experiment(args.config, args.overrides)
+        run, state = None, {}
+    # 2. seeding and threads (1 torch thread on CPU: 2 threads ran ~10x slower here)
+    set_torch_threads(experiment.agent.torch_threads)
+    set_random_seed(experiment.seed)
+    # 3. data: checked before a run folder exists, so bad input leaves nothing behind
+    dataset = prepare_dataset(experiment)
+    train_world = make_world(experiment, dataset, "train", augment=True)
+    names = list(train_world.landmark_names)
+    val_split = "val" if dataset.split("val") else "train"
+    val_world = make_world(experiment, dataset, val_split, landmarks=names)
+    val_world.variant(0)  # loads one case now: a level finer than the data fails here, not mid-run
+    # 4. envs
+    env_kwargs = dict(
+        dataset=dataset,
+        split="train",
+        landmarks=names,
+        levels_mm=experiment.env.levels_mm,
+        patch_size=experiment.env.patch_size,
+        frames=experiment.env.frames,
+        preset=experiment.env.preset,
+        augment=experiment.augment,
+        world_seed=experiment.seed,
+        max_episode_steps=experiment.env.max_episode_steps,
+    )
+    vec_env = DummyVecEnv(
+        [lambda: gym.make(envs.LANDMARK_ENV_ID, **env_kwargs) for _ in range(experiment.env.n_envs)]
+    )
+    vec_env.seed(experiment.seed)
+    # Every env of the DummyVecEnv shares the dataset cache, so env 0 renders all their poses.
+    renderer = train_world.observations_from_poses
+    if run is None:
+        run = create_run(experiment, path=args.run_dir)
+        # The model's output is tied to this landmark order: evaluate.py reads it from here.
+        atomic_write_text(run.path / "landmarks.json", json.dumps({"landmarks": names}, indent=2) + "\n")
+    # 5. model
+    model = build_model(
+        experiment.agent,
+        vec_env,
+        seed=experiment.seed,
+        tensorboard_log=str(run.path / "tb"),
+        pose_renderer=_shared_renderer(vec_env, renderer),
+    )
+    done_steps = int(state.get("num_timesteps", 0))
+    if args.resume is not None and run.latest_policy.is_file():
+        loaded = load_policy(run.latest_policy, vec_env)
+        model.policy.q_net.load_state_dict(loaded.q_net.state_dict())
+        model.policy.q_net_target.load_state_dict(loaded.q_net.state_dict())
+        model.num_timesteps = done_steps
+    remaining = experiment.train.total_timesteps - done_steps
+    if remaining <= 0:
+        print(f"train.py: {run.path} already trained {done_steps} steps; nothing to do")
+        return 0
+    # 6. callbacks and learning
+    monitor = TrainingMonitor(
+        run,
+        val_world,
+        experiment,
+        started_steps=done_steps,
+        best_mm=float(state.get("best_val_median_mm", float("inf"))),
+    )
+    print(
+        f"train.py: run folder {run.path} ({len(names)} landmarks, "
+        f"{len(train_world.cases)} training cases x "
+        f"{train_world.n_variants // len(train_world.cases)} variants)"
+    )
+    began = time.perf_counter()
+    model.learn(
+        remaining,
+        callback=CallbackList([monitor]),
+        progress_bar=experiment.train.progress_bar,
+        reset_num_timesteps=args.resume is None,
+        tb_log_name="dqn",
+    )
+    minutes = (time.perf_counter() - began) / 60.0
+    # 7. summary
+    summary = {
+        "num_timesteps": int(model.num_timesteps),
+        "minutes": minutes,
+        "steps_per_s": (model.num_timesteps - done_steps) / max(minutes * 60.0, 1e-9),
+        "best_val_median_mm": monitor.best_mm,
+        "validations": monitor.history,
+    }
+    atomic_write_text(run.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+    print(
+        f"train.py: {model.num_timesteps} steps in {minutes:.1f} min ({summary['steps_per_s']:.0f} steps/s); "
+        f"best validation median {monitor.best_mm:.2f} mm; saved {run.best_policy}"
+    )
+    vec_env.close()
+    return 0
+
+
+def _shared_renderer(vec_env: DummyVecEnv, renderer: Any) -> Any:
+    """Render poses with the world of env 0 (same dataset and variants as ``renderer``'s)."""
+    first = vec_env.envs[0].unwrapped
+    return getattr(first, "observations_from_poses", renderer)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
