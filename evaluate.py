@@ -50,18 +50,17 @@ def compute_metrics(errors_mm: list[float], found: list[bool], seconds: list[flo
     values = np.array([e for e, f in zip(errors_mm, found, strict=True) if f], dtype=np.float64)
     total = len(errors_mm)
     not_found = total - len(values)
-    if values.size == 0:
-        values = np.array([np.nan])
+    nan = float("nan")
     metrics: dict[str, float] = {
         "n": total,
-        "mean_mm": float(np.nanmean(values)),
-        "std_mm": float(np.nanstd(values)),
-        "median_mm": float(np.nanmedian(values)),
-        "p95_mm": float(np.nanpercentile(values, 95)),
-        "max_mm": float(np.nanmax(values)),
+        "mean_mm": float(values.mean()) if values.size else nan,
+        "std_mm": float(values.std()) if values.size else nan,
+        "median_mm": float(np.median(values)) if values.size else nan,
+        "p95_mm": float(np.percentile(values, 95)) if values.size else nan,
+        "max_mm": float(values.max()) if values.size else nan,
         "not_found": not_found,
         "misses": int(np.sum(values > MISS_MM)) + not_found,
-        "ms_per_landmark": 1000.0 * float(np.mean(seconds)) if seconds else float("nan"),
+        "ms_per_landmark": 1000.0 * float(np.mean(seconds)) if seconds else nan,
     }
     for limit in WITHIN_MM:
         metrics[f"within_{limit:g}mm"] = float(np.sum(values <= limit)) / max(total, 1)
@@ -473,7 +472,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         out.mkdir(parents=True, exist_ok=True)
         metrics, rows = evaluate_run(run, dataset, args.split, args.baseline, out, args.gif)
-        per_run[run.path.name] = metrics
+        per_run[f"{len(per_run)}:{run.path}"] = metrics
         _write_csv(out / "errors.csv", rows)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         table = _markdown(metrics, f"{run.path.name}: split {args.split} ({dataset.source})")

@@ -11,6 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,6 +72,22 @@ class EnvConfig:
     preset: str | None = None
     max_episode_steps: int = 50
     n_envs: int = 1
+
+    def __post_init__(self) -> None:
+        # Checked here, before any data is generated or read.
+        if self.patch_size < 5 or self.patch_size % 2 == 0:
+            raise ConfigError(
+                f"config env.patch_size: expected an odd integer >= 5 (e.g. 25), got {self.patch_size}"
+            )
+        levels = self.levels_mm
+        if not levels or min(levels) <= 0 or any(b >= a for a, b in pairwise(levels)):
+            raise ConfigError(
+                f"config env.levels_mm: expected positive spacings, coarse to fine, got {list(levels)}"
+            )
+        if not 1 <= self.frames <= 16:
+            raise ConfigError(f"config env.frames: expected 1..16, got {self.frames}")
+        if self.max_episode_steps < 1 or self.n_envs < 1:
+            raise ConfigError("config env.max_episode_steps and env.n_envs: expected >= 1")
 
 
 @dataclass(frozen=True)
@@ -145,7 +162,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if len(args) != len(value):
             raise ConfigError(f"config {key}: expected {len(args)} values, got {len(value)}")
         return tuple(
-            _convert(item, sub, f"{key}[{i}]") for i, (item, sub) in enumerate(zip(args, value, strict=True))
+            _convert(item, sub, f"{key}[{i}]") for i, (item, sub) in enumerate(zip(value, args, strict=True))
         )
     if tp is bool:
         if not isinstance(value, bool):

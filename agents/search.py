@@ -74,6 +74,8 @@ class AgentState:
     blocked: NDArray[np.int64]  # (B,) blocked moves at the current level
     last_q_max: NDArray[np.float64]  # (B,)
     recent: list[list[tuple[int, int, int]]] = field(default_factory=list)
+    # max Q when acting from each of ``recent``: the lowest marks where the agent expects no gain.
+    recent_q: list[list[float]] = field(default_factory=list)
     trajectories_lps: list[list[NDArray]] = field(default_factory=list)
 
 
@@ -206,6 +208,7 @@ def detect_landmarks(
         blocked=np.zeros(count, np.int64),
         last_q_max=np.zeros(count),
         recent=[[tuple(int(v) for v in p)] for p in start_zyx],
+        recent_q=[[np.nan] for _ in start_zyx],
         trajectories_lps=[[variant.pyramid.lps_of_index(0, p)] for p in start_zyx],
     )
     size = world.patch_size
@@ -246,11 +249,21 @@ def _advance(
             state.done[agent] = True
         return
     key = tuple(int(v) for v in candidate)
-    oscillating = key in state.recent[agent][-config.oscillation_window :]
+    recent, recent_q = state.recent[agent], state.recent_q[agent]
+    recent_q[-1] = float(state.last_q_max[agent])
+    oscillating = key in recent[-config.oscillation_window :]
+    if oscillating:
+        # The level ends inside the cycle, at the position where the agent expected the least
+        # further gain (lowest max Q): for a 2-cycle around a target, the side nearer to it.
+        start = len(recent) - 1 - recent[::-1].index(key)
+        cycle = range(start, len(recent))
+        best = min(cycle, key=lambda i: recent_q[i])
+        candidate = np.array(recent[best], dtype=np.int64)
     state.position_zyx[agent] = candidate
     state.history_zyx[agent] = np.roll(state.history_zyx[agent], 1, axis=0)
     state.history_zyx[agent, 0] = candidate
-    state.recent[agent].append(key)
+    recent.append(tuple(int(v) for v in candidate))
+    recent_q.append(np.nan)
     state.trajectories_lps[agent].append(variant.pyramid.lps_of_index(level, candidate))
     if oscillating or state.level_steps[agent] >= config.max_steps_per_level:
         if level + 1 < world.n_levels:
@@ -264,6 +277,7 @@ def _advance(
             state.position_zyx[agent] = finer
             state.history_zyx[agent] = finer
             state.recent[agent] = [tuple(int(v) for v in finer)]
+            state.recent_q[agent] = [np.nan]
             state.level_steps[agent] = 0
             state.blocked[agent] = 0
         else:
