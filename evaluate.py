@@ -75,26 +75,10 @@ def _dataset_for(run: Run, data: Path | None) -> Dataset:
     return prepare_dataset(run.experiment)
 
 
-def _world(
-    experiment: LandmarkExperiment,
-    dataset: Dataset,
-    split: str,
-    names: list[str],
-    case_ids: list[str] | None = None,
-) -> LandmarkWorld:
-    env = experiment.env
-    return LandmarkWorld(
-        dataset,
-        split,
-        names,
-        env.levels_mm,
-        env.patch_size,
-        env.frames,
-        env.preset,
-        None,
-        seed=experiment.seed,
-        case_ids=case_ids,
-    )
+def _world(experiment: LandmarkExperiment, dataset: Dataset, split: str, names: list[str]) -> LandmarkWorld:
+    from train import make_world
+
+    return make_world(experiment, dataset, split, augment=False, landmarks=names)
 
 
 def _check_landmarks(run: Run, dataset: Dataset, split: str, names: list[str]) -> None:

@@ -7,6 +7,8 @@ poses and the test-time search can render observations without an env.
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -28,6 +30,7 @@ ACTIONS_ZYX: NDArray[np.int64] = np.array(
     [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.int64
 )
 ACTION_NAMES: tuple[str, ...] = ("superior", "inferior", "posterior", "anterior", "left", "right")
+_ACTION_TUPLES: tuple[tuple[int, int, int], ...] = tuple(tuple(int(v) for v in row) for row in ACTIONS_ZYX)
 _PRESET_BY_MODALITY = {"ct": "ct", "mr": "mr"}
 # A landmark absent from a case (outside its field of view) has a NaN target.
 _ABSENT = np.nan
@@ -356,9 +359,15 @@ class LandmarkEnv(gym.Env):
         self._landmark = 0
         self._level = 0
         self._position = np.zeros(3, dtype=np.int64)
+        self._position_tuple = (0, 0, 0)
+        self._target_tuple = (0.0, 0.0, 0.0)
+        self._distance = 0.0
+        self._shape: tuple[int, int, int] = (1, 1, 1)
+        self._origin_lps = np.zeros(3)
+        self._pose = np.zeros(0, np.int32)
         self._history: list[NDArray[np.int64]] = []
         self._frame_patches: list[NDArray[np.uint8]] = []
-        self._recent: list[tuple[int, int, int]] = []
+        self._recent: deque[tuple[int, int, int]] = deque(maxlen=4)
         self._trajectory_lps: list[NDArray[np.float64]] = []
 
     # ------------------------------------------------------------------ properties
@@ -376,8 +385,7 @@ class LandmarkEnv(gym.Env):
 
     def pose(self) -> NDArray[np.int32]:
         """``[variant, landmark, level, z0, y0, x0, ...]`` of the current state (int32)."""
-        history = np.concatenate(self._history) if self._history else np.zeros(0, np.int64)
-        return np.concatenate([[self._variant_index, self._landmark, self._level], history]).astype(np.int32)
+        return self._pose.copy()
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -423,45 +431,44 @@ class LandmarkEnv(gym.Env):
                 f"reset: unknown option(s) {sorted(options)}; "
                 "expected case_id, landmark, level, position_lps_mm"
             )
-        self._position = self._clip(position)
-        self._history = [self._position.copy() for _ in range(world.frames)]
-        patch = world.patch(variant, self._level, self._position)
-        self._frame_patches = [patch] * world.frames
-        self._recent = [tuple(self._position)]
-        self._trajectory_lps = [self._position_lps()]
-        return self._observation(), self._info(self._position, blocked=False)
+        self._enter_level(self._level, position)
+        self._update_pose()
+        self._trajectory_lps = [self._position_lps()] if self.render_mode is not None else []
+        return self._observation(), self._info(blocked=False)
 
     def step(self, action: int):
         if self._variant is None:
             raise RuntimeError("step() called before reset()")
-        previous = self._history
-        previous_pose = self.pose()
-        move = ACTIONS_ZYX[int(action)]
-        candidate = self._position + move
-        shape = self._variant.pyramid.levels[self._level].shape_zyx
-        blocked = bool(np.any(candidate < 0) or np.any(candidate >= shape))
-        distance_before = self._distance_vox(self._position)
+        previous_pose = self._pose
+        dz, dy, dx = _ACTION_TUPLES[int(action)]
+        z, y, x = self._position_tuple
+        candidate = (z + dz, y + dy, x + dx)
+        depth, height, width = self._shape
+        # Plain-Python bounds check: ~4x cheaper than numpy on three integers (bench/).
+        blocked = not (0 <= candidate[0] < depth and 0 <= candidate[1] < height and 0 <= candidate[2] < width)
         if blocked:
             reward = -1.0
         else:
-            self._position = candidate
-            reward = float(distance_before - self._distance_vox(candidate))
+            distance_before = self._distance
+            self._set_position(candidate)
+            reward = distance_before - self._distance
         terminated = False
-        key = tuple(int(v) for v in self._position)
-        oscillating = key in self._recent[-4:] and not blocked
-        self._recent.append(key)
+        oscillating = not blocked and self._position_tuple in self._recent
+        self._recent.append(self._position_tuple)
         patch = self.world.patch(self._variant, self._level, self._position)
-        self._history = [self._position.copy(), *previous[:-1]]
+        self._history = [self._position, *self._history[:-1]]
         self._frame_patches = [patch, *self._frame_patches[:-1]]
         if self.schedule == "coarse" and oscillating:
             if self._level + 1 < self.world.n_levels:
                 self._descend()
             else:
                 terminated = True
-        self._trajectory_lps.append(self._position_lps())
-        info = self._info(self._position, blocked=blocked)
+        self._update_pose()
+        if self.render_mode is not None:
+            self._trajectory_lps.append(self._position_lps())
+        info = self._info(blocked=blocked)
         info["previous_pose"] = previous_pose
-        return self._observation(), reward, terminated, False, info
+        return self._observation(), float(reward), terminated, False, info
 
     def render(self) -> NDArray[np.uint8] | None:
         if self.render_mode != "rgb_array" or self._variant is None:
@@ -474,36 +481,58 @@ class LandmarkEnv(gym.Env):
 
     # ------------------------------------------------------------------ internals
     def _observation(self) -> dict[str, Any]:
-        return {
-            "patch": np.stack(self._frame_patches),
-            "landmark": self._landmark,
-            "level": self._level,
-        }
+        patches = self._frame_patches
+        # Each patch is a fresh crop, so a view of the single frame is a new array (no copy).
+        patch = patches[0][np.newaxis] if len(patches) == 1 else np.stack(patches)
+        return {"patch": patch, "landmark": self._landmark, "level": self._level}
 
-    def _info(self, position: NDArray, blocked: bool) -> dict[str, Any]:
+    def _info(self, blocked: bool) -> dict[str, Any]:
         spacing = self.world.levels_mm[self._level]
         return {
-            "distance_mm": float(self._distance_vox(position) * spacing),
+            "distance_mm": self._distance * spacing,
             "position_lps_mm": self._position_lps(),
             "level": self._level,
             "spacing_mm": spacing,
             "landmark": self.landmark_names[self._landmark],
             "case_id": self._variant.case_id if self._variant else "",
             "blocked": blocked,
-            "pose": self.pose(),
+            "pose": self._pose,
         }
 
     def _target(self) -> NDArray[np.float64]:
         assert self._variant is not None
         return self._variant.targets_zyx[self._level][self._landmark]
 
-    def _distance_vox(self, position: NDArray) -> float:
-        delta = position - self._target()
-        return float(np.sqrt(delta @ delta))
+    def _set_position(self, position: Any) -> None:
+        """Move to integer voxel ``position`` (z, y, x) of the current level; update the distance."""
+        self._position = np.asarray(position, dtype=np.int64)
+        self._position_tuple = (int(self._position[0]), int(self._position[1]), int(self._position[2]))
+        tz, ty, tx = self._target_tuple
+        z, y, x = self._position_tuple
+        self._distance = math.sqrt((z - tz) ** 2 + (y - ty) ** 2 + (x - tx) ** 2)
+
+    def _enter_level(self, level: int, position: Any) -> None:
+        """Start ``level`` at ``position``: caches the level's shape and target, resets the history."""
+        assert self._variant is not None
+        self._level = level
+        grid = self._variant.pyramid.levels[level]
+        self._shape = grid.shape_zyx
+        self._origin_lps = grid.origin_lps_mm
+        target = self._target()
+        self._target_tuple = (float(target[0]), float(target[1]), float(target[2]))
+        self._set_position(self._clip(position))
+        self._history = [self._position] * self.world.frames
+        patch = self.world.patch(self._variant, level, self._position)
+        self._frame_patches = [patch] * self.world.frames
+        self._recent = deque([self._position_tuple], maxlen=4)
+
+    def _update_pose(self) -> None:
+        header = (self._variant_index, self._landmark, self._level)
+        self._pose = np.concatenate([header, *self._history]).astype(np.int32)
 
     def _position_lps(self) -> NDArray[np.float64]:
-        assert self._variant is not None
-        return self._variant.pyramid.lps_of_index(self._level, self._position)
+        # Levels are canonical (identity direction, isotropic): lps = origin + spacing * (x, y, z).
+        return self._origin_lps + self.world.levels_mm[self._level] * self._position[::-1]
 
     def _clip(self, position: NDArray) -> NDArray[np.int64]:
         assert self._variant is not None
@@ -528,12 +557,8 @@ class LandmarkEnv(gym.Env):
     def _descend(self) -> None:
         assert self._variant is not None
         point = self._position_lps()
-        self._level += 1
-        self._position = self._clip(self._variant.pyramid.index_zyx(self._level, point))
-        self._history = [self._position.copy() for _ in range(self.world.frames)]
-        patch = self.world.patch(self._variant, self._level, self._position)
-        self._frame_patches = [patch] * self.world.frames
-        self._recent = [tuple(int(v) for v in self._position)]
+        finer = self._variant.pyramid.index_zyx(self._level + 1, point)
+        self._enter_level(self._level + 1, finer)
 
 
 def _default_landmarks(dataset: Dataset, split: str) -> list[str]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import OBLIQUE_DIRECTION as DIRECTION
+from conftest import OBLIQUE_ORIGIN_LPS_MM as ORIGIN_LPS
+from conftest import OBLIQUE_SHAPE_ZYX as SHAPE_ZYX
+from conftest import OBLIQUE_SPACING_XYZ_MM as SPACING_XYZ
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.spatial.transform import Rotation
 
 from envs.volume import (
     PRESETS,
@@ -19,19 +22,11 @@ from envs.volume import (
     to_uint8,
 )
 
-# Three different edge lengths, anisotropic spacing and an oblique direction, so that any
-# axis-order or unit mix-up moves points by a visible amount.
-SHAPE_ZYX = (7, 11, 13)
-SPACING_XYZ = (0.7, 1.3, 2.9)
-ORIGIN_LPS = (-31.0, 12.5, 104.0)
-DIRECTION = Rotation.from_euler("xyz", [17.0, -32.0, 51.0], degrees=True).as_matrix()
-
 
 @pytest.fixture
-def oblique() -> Volume:
-    rng = np.random.default_rng(0)
-    voxels = rng.integers(-1000, 1000, size=SHAPE_ZYX).astype(np.int16)
-    return Volume(voxels, SPACING_XYZ, ORIGIN_LPS, DIRECTION, name="oblique")
+def oblique(oblique_volume: Volume) -> Volume:
+    """The shared tiny oblique volume (three edge lengths, anisotropic spacing, rotated axes)."""
+    return oblique_volume
 
 
 def blob_volume(center_lps: np.ndarray, direction: np.ndarray = DIRECTION) -> Volume:
@@ -50,20 +45,20 @@ def blob_volume(center_lps: np.ndarray, direction: np.ndarray = DIRECTION) -> Vo
 
 def test_repr_names_shape_spacing_and_orientation(oblique: Volume) -> None:
     text = repr(oblique)
-    assert "shape_zyx=(7, 11, 13)" in text
+    assert "shape_zyx=(5, 7, 9)" in text
     assert "spacing_xyz_mm=(0.7, 1.3, 2.9)" in text
     assert "oblique" in text
 
 
 def test_sizes_follow_simpleitk_axis_order(oblique: Volume) -> None:
     image = oblique.to_sitk()
-    assert image.GetSize() == oblique.size_xyz == (13, 11, 7)
+    assert image.GetSize() == oblique.size_xyz == (9, 7, 5)
     assert sitk.GetArrayViewFromImage(image).shape == oblique.shape_zyx
 
 
 @settings(max_examples=50, deadline=None)
 @given(
-    st.lists(st.floats(-3.0, 15.0, allow_nan=False), min_size=3, max_size=3),
+    st.lists(st.floats(-3.0, 12.0, allow_nan=False), min_size=3, max_size=3),
 )
 def test_index_to_lps_matches_simpleitk(index: list[float]) -> None:
     volume = Volume(np.zeros(SHAPE_ZYX, np.int16), SPACING_XYZ, ORIGIN_LPS, DIRECTION)
@@ -93,7 +88,7 @@ def test_sitk_round_trip_keeps_voxels_and_geometry(oblique: Volume) -> None:
 
 
 def test_contains_uses_voxel_edges(oblique: Volume) -> None:
-    inside = oblique.index_to_lps([-0.49, 0.0, 6.49])
+    inside = oblique.index_to_lps([-0.49, 0.0, 4.49])
     outside = oblique.index_to_lps([-0.51, 0.0, 3.0])
     assert oblique.contains(inside)
     assert not oblique.contains(outside)
