@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	rm -rf runs/demo
 	$(PY) train.py configs/landmark_phantom.yaml --run-dir runs/demo
-	$(PY) evaluate.py runs/demo --baseline atlas
+	$(PY) evaluate.py runs/demo --baseline atlas --atlases 1
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

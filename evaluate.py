@@ -97,7 +97,7 @@ def _check_landmarks(run: Run, dataset: Dataset, split: str, names: list[str]) -
 
 
 def evaluate_run(
-    run: Run, dataset: Dataset, split: str, baseline: str | None, out: Path, gif: bool
+    run: Run, dataset: Dataset, split: str, baseline: str | None, out: Path, gif: bool, atlases: int = 3
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Errors of agent, oracle (and baseline) on every case of ``split``; returns metrics and rows."""
     experiment = run.experiment
@@ -119,7 +119,7 @@ def evaluate_run(
                 _plot_trajectories(world, variant, detections, out / "trajectories.png", gif)
             rows.extend(_rows(run, variant, names, method, detections))
         if baseline == "atlas":
-            rows.extend(_atlas_rows(run, dataset, variant, names))
+            rows.extend(_atlas_rows(run, dataset, variant, names, atlases))
     metrics = _metrics_from_rows(rows)
     return metrics, rows
 
@@ -162,11 +162,13 @@ def _rows(
     return rows
 
 
-def _atlas_rows(run: Run, dataset: Dataset, variant: Any, names: list[str]) -> list[dict[str, Any]]:
+def _atlas_rows(
+    run: Run, dataset: Dataset, variant: Any, names: list[str], count: int
+) -> list[dict[str, Any]]:
     from agents.baselines import multi_atlas_transfer
 
     atlases = []
-    for case in dataset.split("train")[:3]:
+    for case in dataset.split("train")[:count]:
         subject = dataset.load(case)
         atlases.append((subject.volume, {n: p for n, p in subject.landmarks.items() if n in names}))
     target = dataset.load(variant.case_id).volume
@@ -409,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="manifest to evaluate on (default: the run's own data)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--baseline", choices=("atlas",), help="also run the atlas-registration baseline")
+    parser.add_argument(
+        "--atlases",
+        type=int,
+        default=3,
+        help="training volumes registered per test volume by --baseline atlas (median)",
+    )
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF of one search")
     parser.add_argument("--out", type=Path, help="output folder (default RUN/eval-SPLIT)")
     parser.add_argument(
@@ -455,7 +463,9 @@ def _run(args: argparse.Namespace) -> int:
             else (args.out or run.path / f"eval-{args.split}")
         )
         out.mkdir(parents=True, exist_ok=True)
-        metrics, rows = evaluate_run(run, dataset, args.split, args.baseline, out, args.gif)
+        if args.atlases < 1:
+            raise ValueError(f"--atlases: expected >= 1, got {args.atlases}")
+        metrics, rows = evaluate_run(run, dataset, args.split, args.baseline, out, args.gif, args.atlases)
         per_run[f"{len(per_run)}:{run.path}"] = metrics
         _write_csv(out / "errors.csv", rows)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
