@@ -238,6 +238,7 @@ def _plot_errors(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     methods = sorted(
         {r["method"] for r in rows},
@@ -247,8 +248,13 @@ def _plot_errors(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(landmarks) + 2), 4.2))
     width = 0.8 / len(methods)
     for k, method in enumerate(methods):
+        # Clipped at 0.25 mm for the log axis (sub-voxel differences are not the point here).
         data = [
-            [r["error_mm"] for r in rows if r["method"] == method and r["landmark"] == lm and r["found"]]
+            [
+                max(r["error_mm"], 0.25)
+                for r in rows
+                if r["method"] == method and r["landmark"] == lm and r["found"]
+            ]
             or [np.nan]
             for lm in landmarks
         ]
@@ -266,8 +272,12 @@ def _plot_errors(rows: list[dict[str, Any]], path: Path) -> None:
             box.set_alpha(0.6)
         ax.plot([], [], color=f"C{k}", linewidth=6, alpha=0.6, label=method)
     ax.set_xticks(np.arange(len(landmarks)), landmarks, rotation=30, ha="right")
-    ax.set_ylabel("error (mm)")
-    ax.set_yscale("symlog", linthresh=2.0)
+    ax.set_ylabel("error (mm, log scale)")
+    ax.set_yscale("log")
+    ticks = [0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_ylim(0.2, max(4.0, 1.3 * max((r["error_mm"] for r in rows if r["found"]), default=4.0)))
     ax.axhline(2.0, color="grey", linewidth=0.8, linestyle=":")
     ax.set_title("Landmark error per landmark on held-out cases")
     ax.legend(loc="upper left")
