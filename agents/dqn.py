@@ -167,6 +167,9 @@ class AgentConfig:
         kernel_sizes: Conv kernel edges, one per layer.
         strides: Conv strides, one per layer.
         features_dim: Size of the features vector after the joint MLP.
+        channels_last: Run the convs in ``channels_last_3d``. Off by default: on this project's
+            2-core CPU the contiguous layout measured ~25 % faster per Double-DQN update
+            (12.8 vs 16.9 ms, 25^3 patch, channels 8/16/32), unlike the figure in FACTS.md.
         net_arch: Hidden layers of the Q head (of each stream when dueling).
         learning_rate: Adam learning rate.
         buffer_size: Replay capacity in transitions.
@@ -185,10 +188,11 @@ class AgentConfig:
 
     algorithm: Literal["dqn", "double"] = "double"
     dueling: bool = True
-    channels: tuple[int, ...] = (16, 32, 32)
+    channels: tuple[int, ...] = (8, 16, 32)
     kernel_sizes: tuple[int, ...] = (5, 3, 3)
-    strides: tuple[int, ...] = (2, 2, 1)
+    strides: tuple[int, ...] = (3, 1, 1)
     features_dim: int = 256
+    channels_last: bool = False
     net_arch: tuple[int, ...] = (128,)
     learning_rate: float = 3e-4
     buffer_size: int = 50_000
@@ -288,6 +292,7 @@ class AgentConfig:
             "channels": self.channels,
             "kernel_sizes": self.kernel_sizes,
             "strides": self.strides,
+            "channels_last": self.channels_last,
         }
 
 

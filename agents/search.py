@@ -42,6 +42,9 @@ class SearchConfig:
         max_blocked: moves against the border at one level before the agent is reported
             as having left the field of view.
         min_confidence: below this confidence a landmark is reported as not found.
+        final_point: where the finest level's oscillation cycle ends: ``"min_q"`` (the cycle
+            position with the lowest max Q, where the agent expects no further gain) or
+            ``"cycle_mean"`` (the mean of the cycle's positions: sub-voxel).
     """
 
     starts: int = 1
@@ -49,12 +52,17 @@ class SearchConfig:
     max_steps_per_level: int = 120
     max_blocked: int = 3
     min_confidence: float = 0.0
+    final_point: str = "min_q"
 
     def __post_init__(self) -> None:
         if self.starts < 1:
             raise ValueError(f"search.starts: expected >= 1, got {self.starts}")
         if self.oscillation_window < 2:
             raise ValueError(f"search.oscillation_window: expected >= 2, got {self.oscillation_window}")
+        if self.final_point not in ("min_q", "cycle_mean"):
+            raise ValueError(
+                f"search.final_point: expected 'min_q' or 'cycle_mean', got {self.final_point!r}"
+            )
         if self.max_steps_per_level < 1 or self.max_blocked < 1:
             raise ValueError("search.max_steps_per_level and search.max_blocked must be >= 1")
 
@@ -73,6 +81,7 @@ class AgentState:
     level_steps: NDArray[np.int64]  # (B,)
     blocked: NDArray[np.int64]  # (B,) blocked moves at the current level
     last_q_max: NDArray[np.float64]  # (B,)
+    final_lps: NDArray[np.float64]  # (B, 3) sub-voxel answer (cycle_mean), NaN until set
     recent: list[list[tuple[int, int, int]]] = field(default_factory=list)
     # max Q when acting from each of ``recent``: the lowest marks where the agent expects no gain.
     recent_q: list[list[float]] = field(default_factory=list)
@@ -144,13 +153,12 @@ class QNetworkPolicy:
 
 def start_points(world: LandmarkWorld, variant: Variant, count: int, rng: np.random.Generator) -> NDArray:
     """``count`` starting points (LPS mm): the body's centre first, then random body voxels."""
-    coarse = variant.pyramid.levels[0]
-    candidates = np.stack(np.unravel_index(variant.start_candidates, coarse.shape_zyx), axis=1)
-    centre = candidates.mean(axis=0)
-    points = [variant.pyramid.lps_of_index(0, np.floor(centre + 0.5))]
+    shape = variant.pyramid.levels[0].shape_zyx
+    points = [variant.pyramid.lps_of_index(0, variant.body_centre_zyx)]
     if count > 1:
-        picks = rng.choice(len(candidates), size=count - 1, replace=len(candidates) < count - 1)
-        points.extend(variant.pyramid.lps_of_index(0, candidates[picks]))
+        n = len(variant.start_candidates)
+        picks = variant.start_candidates[rng.choice(n, size=count - 1, replace=n < count - 1)]
+        points.extend(variant.pyramid.lps_of_index(0, np.stack(np.unravel_index(picks, shape), axis=1)))
     return np.array(points)
 
 
@@ -207,6 +215,7 @@ def detect_landmarks(
         level_steps=np.zeros(count, np.int64),
         blocked=np.zeros(count, np.int64),
         last_q_max=np.zeros(count),
+        final_lps=np.full((count, 3), np.nan),
         recent=[[tuple(int(v) for v in p)] for p in start_zyx],
         recent_q=[[np.nan] for _ in start_zyx],
         trajectories_lps=[[variant.pyramid.lps_of_index(0, p)] for p in start_zyx],
@@ -238,17 +247,19 @@ def _advance(
     world: LandmarkWorld, variant: Variant, state: AgentState, agent: int, action: int, config: SearchConfig
 ) -> None:
     level = int(state.level[agent])
-    shape = np.array(variant.pyramid.levels[level].shape_zyx)
+    depth, height, width = variant.pyramid.levels[level].shape_zyx
     candidate = state.position_zyx[agent] + ACTIONS_ZYX[action]
     state.steps[agent] += 1
     state.level_steps[agent] += 1
-    if np.any(candidate < 0) or np.any(candidate >= shape):
+    z, y, x = int(candidate[0]), int(candidate[1]), int(candidate[2])
+    # Plain-Python bounds check: numpy's reductions cost more than the test on three integers.
+    if not (0 <= z < depth and 0 <= y < height and 0 <= x < width):
         state.blocked[agent] += 1
         if state.blocked[agent] >= config.max_blocked:
             state.left_volume[agent] = True
             state.done[agent] = True
         return
-    key = tuple(int(v) for v in candidate)
+    key = (z, y, x)
     recent, recent_q = state.recent[agent], state.recent_q[agent]
     recent_q[-1] = float(state.last_q_max[agent])
     oscillating = key in recent[-config.oscillation_window :]
@@ -258,10 +269,14 @@ def _advance(
         start = len(recent) - 1 - recent[::-1].index(key)
         cycle = range(start, len(recent))
         best = min(cycle, key=lambda i: recent_q[i])
+        if config.final_point == "cycle_mean" and level + 1 == world.n_levels:
+            members = np.array([recent[i] for i in cycle], dtype=np.float64)
+            state.final_lps[agent] = variant.pyramid.lps_of_index(level, members.mean(axis=0))
         candidate = np.array(recent[best], dtype=np.int64)
     state.position_zyx[agent] = candidate
-    state.history_zyx[agent] = np.roll(state.history_zyx[agent], 1, axis=0)
-    state.history_zyx[agent, 0] = candidate
+    history = state.history_zyx[agent]
+    history[1:] = history[:-1].copy()
+    history[0] = candidate
     recent.append(tuple(int(v) for v in candidate))
     recent_q.append(np.nan)
     state.trajectories_lps[agent].append(variant.pyramid.lps_of_index(level, candidate))
@@ -298,7 +313,12 @@ def _summarise(
     for row, name in enumerate(names):
         agents = np.arange(row * n_starts, (row + 1) * n_starts)
         ends = np.array(
-            [variant.pyramid.lps_of_index(int(state.level[a]), state.position_zyx[a]) for a in agents]
+            [
+                state.final_lps[a]
+                if not np.isnan(state.final_lps[a, 0])
+                else variant.pyramid.lps_of_index(int(state.level[a]), state.position_zyx[a])
+                for a in agents
+            ]
         )
         stayed = agents[~state.left_volume[agents]]
         kept = ends[~state.left_volume[agents]]

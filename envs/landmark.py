@@ -45,6 +45,7 @@ class Variant:
     landmarks_lps_mm: NDArray[np.float64]  # (n_landmarks, 3), NaN rows for absent landmarks
     targets_zyx: tuple[NDArray[np.float64], ...]  # per level: (n_landmarks, 3) continuous voxel index
     start_candidates: NDArray[np.int64]  # flat indices of body voxels at the coarsest level
+    body_centre_zyx: NDArray[np.int64]  # the body voxel nearest the body's centroid, coarsest level
 
     @property
     def nbytes(self) -> int:
@@ -207,7 +208,11 @@ class LandmarkWorld:
         candidates = np.flatnonzero(coarse > threshold)
         if candidates.size == 0:
             candidates = np.arange(coarse.size)
-        return Variant(subject.case.case_id, pyramid, points, tuple(targets), candidates.astype(np.int64))
+        body = np.stack(np.unravel_index(candidates, coarse.shape), axis=1)
+        centre = body[np.argmin(np.sum((body - body.mean(axis=0)) ** 2, axis=1))]
+        return Variant(
+            subject.case.case_id, pyramid, points, tuple(targets), candidates.astype(np.int64), centre
+        )
 
     # ------------------------------------------------------------------ rendering
     def patch(self, variant: Variant, level: int, center_zyx: NDArray) -> NDArray[np.uint8]:
