@@ -206,6 +206,9 @@ def _markdown(metrics: dict[str, Any], title: str) -> str:
     lines = [
         f"### {title}",
         "",
+        "Errors over the landmarks each method found; a landmark not found counts as a miss "
+        f"(misses: not found, or error > {MISS_MM:g} mm).",
+        "",
         "| method | landmark | n | mean ± std (mm) | median | p95 | max "
         "| ≤2 mm | ≤4 mm | ≤8 mm | misses | ms/landmark |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

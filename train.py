@@ -13,6 +13,7 @@ import argparse
 import csv
 import io as text_io
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -121,17 +122,17 @@ class TrainingMonitor(BaseCallback):
         val_world: LandmarkWorld,
         experiment: LandmarkExperiment,
         started_steps: int = 0,
-        best_mm: float = float("inf"),
+        state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        state = state or {}
         self.run = run
         self.val_world = val_world
         self.experiment = experiment
-        self.best_mm = best_mm
-        self.best_score: tuple[float, float, float] | None = (
-            None if best_mm == float("inf") else (best_mm, 0, 0)
-        )
-        self.evals_without_gain = 0
+        self.best_mm = float(state.get("best_val_median_mm", float("inf")))
+        best_score = state.get("best_score")
+        self.best_score: tuple[float, ...] | None = tuple(best_score) if best_score else None
+        self.evals_without_gain = int(state.get("evals_without_gain", 0))
         self.started = time.perf_counter()
         self.started_steps = started_steps
         self.last_eval = started_steps
@@ -174,7 +175,8 @@ class TrainingMonitor(BaseCallback):
         for key in ("median_mm", "p95_mm", "max_mm", "misses"):
             self.logger.record(f"val/{key}", metrics[key])
         self._append_csv(row)
-        score = (metrics["median_mm"], metrics["misses"], metrics["p95_mm"])
+        # Fewer lost landmarks first, then the median, then the tail.
+        score = (metrics["misses"], metrics["median_mm"], metrics["p95_mm"])
         if self.best_score is None or score < self.best_score:
             self.best_score = score
             self.best_mm = metrics["median_mm"]
@@ -182,17 +184,27 @@ class TrainingMonitor(BaseCallback):
             save_policy(self.model, self.run.best_policy)
         else:
             self.evals_without_gain += 1
+        self._write_state()
         return self.evals_without_gain < self.experiment.train.patience
 
     def _checkpoint(self) -> None:
         save_policy(self.model, self.run.latest_policy)
-        self.run.write_state(
+        self._write_state(checkpoint_steps=int(self.num_timesteps))
+
+    def _write_state(self, checkpoint_steps: int | None = None) -> None:
+        """Everything --resume needs: steps of latest.pt, the best score and patience so far."""
+        state = self.run.read_state()
+        if checkpoint_steps is not None:
+            state["num_timesteps"] = checkpoint_steps
+        state.update(
             {
-                "num_timesteps": int(self.num_timesteps),
                 "best_val_median_mm": self.best_mm,
+                "best_score": list(self.best_score) if self.best_score else None,
+                "evals_without_gain": self.evals_without_gain,
                 "minutes": (time.perf_counter() - self.started) / 60.0,
             }
         )
+        self.run.write_state(state)
 
     def _append_csv(self, row: dict[str, float]) -> None:
         path = self.run.path / "validation.csv"
@@ -247,9 +259,13 @@ def train(args: argparse.Namespace) -> int:
     set_random_seed(experiment.seed)
     # 3. data: checked before a run folder exists, so bad input leaves nothing behind
     dataset = prepare_dataset(experiment)
-    train_world = make_world(experiment, dataset, "train", augment=True)
+    # A resumed run keeps its own landmark order: the network's input is tied to it.
+    resumed_names = run.landmark_names() if run is not None else None
+    train_world = make_world(experiment, dataset, "train", augment=True, landmarks=resumed_names)
     names = list(train_world.landmark_names)
     val_split = "val" if dataset.split("val") else "train"
+    if val_split == "train":
+        print("train.py: warning: no val split; validating on the training cases", file=sys.stderr)
     val_world = make_world(experiment, dataset, val_split, landmarks=names)
     val_world.variant(0)  # loads one case now: a level finer than the data fails here, not mid-run
     # 4. envs
@@ -271,10 +287,31 @@ def train(args: argparse.Namespace) -> int:
     vec_env.seed(experiment.seed)
     # Every env of the DummyVecEnv shares the dataset cache, so env 0 renders all their poses.
     renderer = train_world.observations_from_poses
+    created = run is None
     if run is None:
         run = create_run(experiment, path=args.run_dir)
         # The model's output is tied to this landmark order: evaluate.py reads it from here.
         atomic_write_text(run.path / "landmarks.json", json.dumps({"landmarks": names}, indent=2) + "\n")
+    try:
+        return _learn(experiment, args, run, state, vec_env, val_world, train_world, names, renderer)
+    except BaseException:
+        # Bad input found only once learning started: leave no half-made run folder behind.
+        if created and not run.latest_policy.is_file():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def _learn(
+    experiment: LandmarkExperiment,
+    args: argparse.Namespace,
+    run: Run,
+    state: dict[str, Any],
+    vec_env: DummyVecEnv,
+    val_world: LandmarkWorld,
+    train_world: LandmarkWorld,
+    names: list[str],
+    renderer: Any,
+) -> int:
     # 5. model
     model = build_model(
         experiment.agent,
@@ -289,18 +326,14 @@ def train(args: argparse.Namespace) -> int:
         model.policy.q_net.load_state_dict(loaded.q_net.state_dict())
         model.policy.q_net_target.load_state_dict(loaded.q_net.state_dict())
         model.num_timesteps = done_steps
+        # The replay buffer is not saved: fill it again before the first update.
+        model.learning_starts = done_steps + experiment.agent.learning_starts
     remaining = experiment.train.total_timesteps - done_steps
     if remaining <= 0:
         print(f"train.py: {run.path} already trained {done_steps} steps; nothing to do")
         return 0
     # 6. callbacks and learning
-    monitor = TrainingMonitor(
-        run,
-        val_world,
-        experiment,
-        started_steps=done_steps,
-        best_mm=float(state.get("best_val_median_mm", float("inf"))),
-    )
+    monitor = TrainingMonitor(run, val_world, experiment, started_steps=done_steps, state=state)
     print(
         f"train.py: run folder {run.path} ({len(names)} landmarks, "
         f"{len(train_world.cases)} training cases x "

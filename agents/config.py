@@ -62,6 +62,12 @@ class DataConfig:
     phantoms: PhantomDataConfig | None = None
     cache_gib: float = 4.0
 
+    def __post_init__(self) -> None:
+        if not self.cache_gib > 0:
+            raise ConfigError(
+                f"config data.cache_gib: expected a memory budget > 0 GiB, got {self.cache_gib}"
+            )
+
 
 @dataclass(frozen=True)
 class EnvConfig:
@@ -99,6 +105,15 @@ class TrainConfig:
     patience: int = 4
     checkpoint_every_steps: int = 10_000
     progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("total_timesteps", "eval_every_steps", "patience", "checkpoint_every_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config train.{name}: expected >= 1, got {getattr(self, name)}")
+        if not self.max_minutes > 0:
+            raise ConfigError(f"config train.max_minutes: expected > 0, got {self.max_minutes}")
+        if self.eval_cases is not None and self.eval_cases < 1:
+            raise ConfigError(f"config train.eval_cases: expected >= 1 or null (all), got {self.eval_cases}")
 
 
 @dataclass(frozen=True)

@@ -435,6 +435,7 @@ def save_policy(model: DQN | DQNPolicy, path: str | os.PathLike[str]) -> Path:
             torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temp_name, 0o644)  # mkstemp makes 0600 files; checkpoints are meant to be shared
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -122,7 +122,7 @@ class OraclePolicy:
         for row, agent in enumerate(active):
             target = variant.targets_zyx[state.level[agent]][state.landmark[agent]]
             if np.isnan(target[0]):
-                # An absent landmark: walk out of the volume (towards the nearest border).
+                # An absent landmark: walk out of the volume (inferior, through the bottom).
                 q[row] = 0.0
                 q[row, 1] = 1.0
                 continue
@@ -233,7 +233,7 @@ def detect_landmarks(
                     variant, int(state.level[agent]), state.history_zyx[agent, frame]
                 )
         observations = {"patch": patches, "landmark": state.landmark[active], "level": state.level[active]}
-        q_values = np.asarray(policy(observations, variant, state, active))
+        q_values = np.asarray(policy(observations, variant, state, active), dtype=np.float64)
         actions = np.argmax(q_values, axis=1)
         state.last_q_max[active] = q_values.max(axis=1)
         for agent, action in zip(active, actions, strict=True):
@@ -254,7 +254,12 @@ def _advance(
     z, y, x = int(candidate[0]), int(candidate[1]), int(candidate[2])
     # Plain-Python bounds check: numpy's reductions cost more than the test on three integers.
     if not (0 <= z < depth and 0 <= y < height and 0 <= x < width):
+        # A greedy agent that insists on leaving (max_blocked times at a level) is taken at its
+        # word: the landmark is not in this field of view.
         state.blocked[agent] += 1
+        # As in the env: the agent stays, and its history records the wasted step.
+        history = state.history_zyx[agent]
+        history[1:] = history[:-1].copy()
         if state.blocked[agent] >= config.max_blocked:
             state.left_volume[agent] = True
             state.done[agent] = True

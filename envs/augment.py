@@ -57,6 +57,8 @@ class AugmentConfig:
         for name in ("rotation_deg", "scale", "translation_mm", "elastic_mm", "bias", "noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment.{name}: expected >= 0, got {getattr(self, name)}")
+        if not self.elastic_grid_mm > 0:
+            raise ValueError(f"augment.elastic_grid_mm: expected > 0 mm, got {self.elastic_grid_mm}")
         if self.scale >= 0.5:
             raise ValueError(f"augment.scale: expected < 0.5 (relative), got {self.scale}")
 

@@ -278,8 +278,14 @@ class Dataset:
 # ---------------------------------------------------------------------- manifest parsing
 def _read_csv_manifest(manifest: Path) -> list[tuple[str, dict[str, str]]]:
     with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        lines = [line for line in handle if line.strip() and not line.lstrip().startswith("#")]
-    reader = csv.DictReader(lines)
+        numbered = [
+            (number, line)
+            for number, line in enumerate(handle, start=1)
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+    # Physical line numbers, so that messages point at the line the user sees in an editor.
+    line_numbers = [number for number, _ in numbered]
+    reader = csv.DictReader([line for _, line in numbered])
     if reader.fieldnames is None:
         raise ValueError(
             f"manifest {manifest}: empty file; expected a header row {','.join(_MANIFEST_COLUMNS)}"
@@ -287,7 +293,8 @@ def _read_csv_manifest(manifest: Path) -> list[tuple[str, dict[str, str]]]:
     header = [name.strip().lower() for name in reader.fieldnames]
     _check_columns(manifest, header)
     rows = []
-    for number, raw in enumerate(reader, start=2):
+    for index, raw in enumerate(reader, start=1):
+        number = line_numbers[index] if index < len(line_numbers) else index + 1
         if None in raw:
             raise ValueError(
                 f"manifest {manifest}, line {number}: more values than the {len(header)} header columns"

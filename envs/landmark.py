@@ -195,10 +195,12 @@ class LandmarkWorld:
         for level in pyramid.levels:
             target = level.lps_to_index(points)[:, ::-1]
             # Landmarks outside the field of view cannot be reached: treat as absent.
-            inside = np.all((target >= -0.5) & (target <= np.array(level.shape_zyx) - 0.5), axis=1)
+            # Strictly inside the grid, so that rounding never yields a voxel outside it.
+            inside = np.all((target >= -0.5) & (target < np.array(level.shape_zyx) - 0.5), axis=1)
             target[~inside] = _ABSENT
             targets.append(target)
-        absent = np.isnan(targets[-1][:, 0])
+        # A landmark outside any level's grid is absent everywhere: no NaN rewards at some level.
+        absent = np.any([np.isnan(target[:, 0]) for target in targets], axis=0)
         points[absent] = _ABSENT
         for target in targets:
             target[absent] = _ABSENT
@@ -264,8 +266,8 @@ class LandmarkEnv(gym.Env):
 
     * ``"patch"``: ``Box(0, 255, (frames, P, P, P), uint8)``: axes (frame, z, y, x) of the
       canonical level grid (+z superior, +y posterior, +x patient left); frame 0 is the
-      current position, then earlier positions. Voxels are ``P`` times the level spacing
-      (``levels_mm``) apart; outside the scanned field of view they are 0.
+      current position, then earlier positions. Voxels are one level spacing (``levels_mm``)
+      apart, so the patch spans ``P`` times that; outside the scanned field of view they are 0.
     * ``"landmark"``: ``Discrete(n_landmarks)``: index into ``landmark_names``.
     * ``"level"``: ``Discrete(n_levels)``: 0 is the coarsest level.
 
@@ -397,6 +399,12 @@ class LandmarkEnv(gym.Env):
         super().reset(seed=seed)
         options = dict(options or {})
         world = self.world
+        wanted = None
+        if "landmark" in options:
+            name = options.pop("landmark")
+            if name not in self.landmark_names:
+                raise ValueError(f"reset: unknown landmark {name!r}; expected one of {self.landmark_names}")
+            wanted = self.landmark_names.index(name)
         if "case_id" in options:
             self._variant_index = world.variant_index(str(options.pop("case_id")))
             variant = world.variant(self._variant_index)
@@ -406,13 +414,15 @@ class LandmarkEnv(gym.Env):
                 self._variant_index = int(self.np_random.integers(world.n_variants))
                 variant = world.variant(self._variant_index)
                 present = np.flatnonzero(variant.present())
-                if present.size:
+                if present.size and (wanted is None or wanted in present):
                     break
-        if "landmark" in options:
-            name = options.pop("landmark")
-            if name not in self.landmark_names:
-                raise ValueError(f"reset: unknown landmark {name!r}; expected one of {self.landmark_names}")
-            self._landmark = self.landmark_names.index(name)
+        if wanted is not None:
+            if wanted not in present:
+                raise ValueError(
+                    f"reset: landmark {self.landmark_names[wanted]!r} is not in the field of view of case "
+                    f"{variant.case_id!r}; pick another case_id"
+                )
+            self._landmark = wanted
         else:
             if present.size == 0:
                 raise ValueError(

@@ -185,3 +185,50 @@ def test_metrics_count_misses_and_shares() -> None:
     assert metrics["within_2mm"] == pytest.approx(2 / 6)
     assert metrics["median_mm"] == pytest.approx(3.0)
     assert metrics["ms_per_landmark"] == pytest.approx(10.0)
+
+
+class _FakeModel:
+    """Just enough of an SB3 model for TrainingMonitor._validate."""
+
+    class _Logger:
+        def record(self, key: str, value: float) -> None:
+            pass
+
+    class _Policy:
+        def set_training_mode(self, mode: bool) -> None:
+            pass
+
+    logger = _Logger()
+    policy = _Policy()
+
+
+def test_best_model_prefers_fewer_misses_and_state_keeps_the_score(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents.config import LandmarkExperiment
+    from agents.runs import Run
+
+    inf = float("inf")
+    results = iter(
+        [
+            {"median_mm": 3.0, "p95_mm": 3.5, "max_mm": 4.0, "misses": 0.0},
+            {"median_mm": 2.0, "p95_mm": inf, "max_mm": inf, "misses": 2.0},  # better median, lost two
+            {"median_mm": 2.5, "p95_mm": 3.0, "max_mm": 3.2, "misses": 0.0},
+        ]
+    )
+    monkeypatch.setattr(train, "validate", lambda *args, **kwargs: next(results))
+    saved: list[Path] = []
+    monkeypatch.setattr(train, "save_policy", lambda model, path: saved.append(path))
+    run = Run(tmp_path, LandmarkExperiment())
+    monitor = train.TrainingMonitor(run, val_world=None, experiment=run.experiment)  # type: ignore[arg-type]
+    monitor.model = _FakeModel()  # type: ignore[assignment]
+    for step in (100, 200, 300):
+        monitor.num_timesteps = step
+        monitor._validate()
+    assert len(saved) == 2  # the first and the third; never the one that lost landmarks
+    assert monitor.best_mm == 2.5
+    state = run.read_state()
+    assert state["best_score"] == [0.0, 2.5, 3.0]
+    assert state["evals_without_gain"] == 0
+    resumed = train.TrainingMonitor(run, val_world=None, experiment=run.experiment, state=state)  # type: ignore[arg-type]
+    assert resumed.best_score == (0.0, 2.5, 3.0)

@@ -284,3 +284,30 @@ def test_search_batches_all_landmarks_and_is_reproducible(dataset: Dataset) -> N
     for name in LANDMARK_NAMES:
         np.testing.assert_array_equal(first[name].position_lps_mm, again[name].position_lps_mm)
         assert first[name].confidence > 0.5
+
+
+def test_landmarks_outside_the_field_of_view_are_never_sought(tmp_path) -> None:
+    from envs import io
+    from envs.phantom import generate_phantom
+
+    phantom = generate_phantom(7)
+    volume = phantom.volume
+    # Keep the lower 60 slices (z is superior): the carina and the upper vertebrae fall outside.
+    cropped = Volume(volume.voxels[:60], volume.spacing_xyz_mm, volume.origin_lps_mm, volume.direction)
+    io.write_volume(cropped, tmp_path / "crop.nii.gz")
+    io.write_landmarks(phantom.landmarks, tmp_path / "crop.fcsv")  # all 10, some outside
+    (tmp_path / "manifest.csv").write_text(
+        "case_id,image,landmarks,split\ncrop,crop.nii.gz,crop.fcsv,train\n"
+    )
+    env = LandmarkEnv(str(tmp_path / "manifest.csv"), landmarks=list(LANDMARK_NAMES))
+    with pytest.raises(ValueError, match=r"'carina' is not in the field of view of case 'crop'"):
+        env.reset(seed=0, options={"landmark": "carina"})
+    seen = set()
+    for seed in range(30):
+        _, info = env.reset(seed=seed)
+        seen.add(info["landmark"])
+        for _ in range(5):
+            _, reward, *_ = env.step(env.action_space.sample())
+            assert np.isfinite(reward)
+    assert "carina" not in seen
+    assert "L2_body" in seen
