@@ -347,12 +347,12 @@ def test_pose_buffer_rerenders_what_sb3_stored_with_two_envs_and_auto_reset() ->
     for key in ("patch", "landmark", "level"):
         expected = reference.observations[key][rows, env_indices]
         expected_next = reference.next_observations[key][rows, env_indices]
-        np.testing.assert_array_equal(sample.observations[key].numpy(), expected)
-        np.testing.assert_array_equal(sample.next_observations[key].numpy(), expected_next)
-    np.testing.assert_array_equal(sample.actions.numpy(), reference.actions[rows, env_indices])
-    np.testing.assert_array_equal(sample.rewards.numpy().ravel(), reference.rewards[rows, env_indices])
+        np.testing.assert_array_equal(sample.observations[key].cpu().numpy(), expected)
+        np.testing.assert_array_equal(sample.next_observations[key].cpu().numpy(), expected_next)
+    np.testing.assert_array_equal(sample.actions.cpu().numpy(), reference.actions[rows, env_indices])
+    np.testing.assert_array_equal(sample.rewards.cpu().numpy().ravel(), reference.rewards[rows, env_indices])
     reference_dones = reference.dones[rows, env_indices] * (1 - reference.timeouts[rows, env_indices])
-    np.testing.assert_array_equal(sample.dones.numpy().ravel(), reference_dones)
+    np.testing.assert_array_equal(sample.dones.cpu().numpy().ravel(), reference_dones)
 
     # Both kinds of episode end happened, so auto-reset and the timeout rule were exercised.
     terminated = pose_buffer.dones[:200] & ~pose_buffer.timeouts[:200]
@@ -376,13 +376,13 @@ def test_pose_buffer_timeouts_bootstrap_and_wraps_around() -> None:
     assert buffer.pos == 1
     buffer.set_renderer(env.observations_from_poses)
     sample = buffer.samples_at(np.array([0, 0, 1]), np.array([0, 1, 1]))
-    np.testing.assert_array_equal(sample.dones.numpy().ravel(), [0.0, 1.0, 1.0])  # env 0 timed out
-    np.testing.assert_array_equal(sample.actions.numpy().ravel(), [2, 3, 4])
+    np.testing.assert_array_equal(sample.dones.cpu().numpy().ravel(), [0.0, 1.0, 1.0])  # env 0 timed out
+    np.testing.assert_array_equal(sample.actions.cpu().numpy().ravel(), [2, 3, 4])
     assert sample.actions.dtype == torch.int64
     expected_next = env.observations_from_poses(
         np.stack([pose + 2 * step_x, pose + 4 * step_x, pose + 2 * step_x])
     )
-    np.testing.assert_array_equal(sample.next_observations["patch"].numpy(), expected_next["patch"])
+    np.testing.assert_array_equal(sample.next_observations["patch"].cpu().numpy(), expected_next["patch"])
     assert sample.observations["landmark"].shape == (3, 1)  # like SB3's buffer, for preprocess_obs
 
     no_timeouts = PoseReplayBuffer(
