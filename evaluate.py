@@ -28,7 +28,7 @@ import numpy as np
 from agents.config import ConfigError, LandmarkExperiment
 from agents.dqn import load_policy, set_torch_threads
 from agents.runs import Run, atomic_write_text, open_run
-from agents.search import Detection, OraclePolicy, QNetworkPolicy, detect_landmarks
+from agents.search import Detection, OraclePolicy, QNetworkPolicy, detect_landmarks, scored_detections
 from envs import io
 from envs.dataset import Case, Dataset
 from envs.landmark import LandmarkWorld
@@ -134,13 +134,10 @@ def _rows(
     run: Run, variant: Any, names: list[str], method: str, detections: dict[str, Detection]
 ) -> list[dict[str, Any]]:
     rows = []
-    for row, name in enumerate(names):
-        truth = variant.landmarks_lps_mm[row]
-        if np.isnan(truth[0]):
-            continue
-        found = detections[name]
-        position = found.position_lps_mm
-        error = float(np.linalg.norm(position - truth)) if not np.isnan(position[0]) else float("nan")
+    for name, truth, detection, error, found in scored_detections(
+        names, variant.landmarks_lps_mm, detections
+    ):
+        position = detection.position_lps_mm
         rows.append(
             {
                 "run": run.path.name,
@@ -148,9 +145,9 @@ def _rows(
                 "landmark": name,
                 "method": method,
                 "error_mm": error,
-                "found": bool(found.found and not np.isnan(error)),
-                "confidence": found.confidence,
-                "seconds": found.seconds,
+                "found": found,
+                "confidence": detection.confidence,
+                "seconds": detection.seconds,
                 "x_lps": position[0],
                 "y_lps": position[1],
                 "z_lps": position[2],

@@ -29,7 +29,7 @@ import envs
 from agents.config import ConfigError, LandmarkExperiment, load_experiment
 from agents.dqn import build_model, load_policy, save_policy, set_torch_threads
 from agents.runs import Run, atomic_write_text, create_run, open_run
-from agents.search import QNetworkPolicy, detect_landmarks
+from agents.search import QNetworkPolicy, detect_landmarks, scored_detections
 from envs.dataset import Dataset
 from envs.landmark import LandmarkWorld
 
@@ -93,16 +93,9 @@ def validate(
     for variant_index in range(min(world.n_variants, max_cases or world.n_variants)):
         variant = world.variant(variant_index)
         detections = detect_landmarks(world, variant, q_policy, config=experiment.search, seed=variant_index)
-        for row, name in enumerate(world.landmark_names):
-            truth = variant.landmarks_lps_mm[row]
-            if np.isnan(truth[0]):
-                continue
-            found = detections[name]
-            if not found.found or np.isnan(found.position_lps_mm[0]):
-                misses += 1
-                errors.append(np.inf)
-            else:
-                errors.append(float(np.linalg.norm(found.position_lps_mm - truth)))
+        for *_, error, found in scored_detections(world.landmark_names, variant.landmarks_lps_mm, detections):
+            misses += not found
+            errors.append(error if found else np.inf)
     values = np.array(errors) if errors else np.array([np.inf])
     # "higher" picks an observed value: no interpolation with infinite misses.
     return {
@@ -285,7 +278,8 @@ def train(args: argparse.Namespace) -> int:
         [lambda: gym.make(envs.LANDMARK_ENV_ID, **env_kwargs) for _ in range(experiment.env.n_envs)]
     )
     vec_env.seed(experiment.seed)
-    # Every env of the DummyVecEnv shares the dataset cache, so env 0 renders all their poses.
+    # The envs' worlds are built like train_world and share its dataset cache, so train_world
+    # renders the poses of every env.
     renderer = train_world.observations_from_poses
     created = run is None
     if run is None:
@@ -318,7 +312,7 @@ def _learn(
         vec_env,
         seed=experiment.seed,
         tensorboard_log=str(run.path / "tb"),
-        pose_renderer=_shared_renderer(vec_env, renderer),
+        pose_renderer=renderer,
     )
     done_steps = int(state.get("num_timesteps", 0))
     if args.resume is not None and run.latest_policy.is_file():
@@ -363,12 +357,6 @@ def _learn(
     )
     vec_env.close()
     return 0
-
-
-def _shared_renderer(vec_env: DummyVecEnv, renderer: Any) -> Any:
-    """Render poses with the world of env 0 (same dataset and variants as ``renderer``'s)."""
-    first = vec_env.envs[0].unwrapped
-    return getattr(first, "observations_from_poses", renderer)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ __all__ = [
     "QNetworkPolicy",
     "SearchConfig",
     "detect_landmarks",
+    "scored_detections",
     "start_points",
 ]
 
@@ -348,3 +349,23 @@ def _summarise(
             trajectories_lps_mm=[np.array(state.trajectories_lps[a]) for a in agents],
         )
     return detections
+
+
+def scored_detections(
+    landmark_names: Sequence[str], truths_lps_mm: NDArray, detections: dict[str, Detection]
+) -> list[tuple[str, NDArray, Detection, float, bool]]:
+    """``(name, truth, detection, error_mm, found)`` for each annotated landmark (NaN truths skipped).
+
+    ``error_mm`` is NaN when the search located nothing; ``found`` is False then, or when the
+    search reported the landmark as not found.
+    """
+    scored = []
+    for row, name in enumerate(landmark_names):
+        truth = truths_lps_mm[row]
+        if np.isnan(truth[0]):
+            continue
+        detection = detections[name]
+        position = detection.position_lps_mm
+        error = float(np.linalg.norm(position - truth)) if not np.isnan(position[0]) else float("nan")
+        scored.append((name, truth, detection, error, bool(detection.found and not np.isnan(error))))
+    return scored

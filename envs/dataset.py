@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from envs import io
+from envs.phantom import SPLIT_SEED_OFFSETS
 from envs.volume import Volume
 
 __all__ = ["MODALITIES", "SPLITS", "ByteLRUCache", "Case", "Dataset", "Subject", "nbytes_of"]
@@ -39,8 +40,6 @@ __all__ = ["MODALITIES", "SPLITS", "ByteLRUCache", "Case", "Dataset", "Subject",
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MODALITIES: tuple[str, ...] = ("ct", "mr")
 _MANIFEST_COLUMNS = ("case_id", "image", "landmarks", "split", "modality")
-# Seed offsets keep phantom splits disjoint and stable when the number of cases changes.
-_PHANTOM_SPLIT_OFFSETS = {"train": 0, "val": 100_000, "test": 200_000}  # = envs.phantom.SPLIT_SEED_OFFSETS
 
 T = TypeVar("T")
 
@@ -217,7 +216,7 @@ class Dataset:
             if count < 0:
                 raise ValueError(f"phantom dataset: n_{split} must be >= 0, got {count}")
             for i in range(count):
-                phantom_seed = seed + _PHANTOM_SPLIT_OFFSETS[split] + i
+                phantom_seed = seed + SPLIT_SEED_OFFSETS[split] + i
                 cases.append(Case(f"phantom_{split}_{i:03d}", split, phantom_seed=phantom_seed))
         return cls(cases, cache_bytes=cache_bytes, phantom_config=config, source=f"phantoms(seed={seed})")
 

@@ -116,6 +116,16 @@ class LandmarkWorld:
         self.augment = augment if augment is not None and augment.variants_per_case > 0 else None
         self.seed = int(seed)
         per_case = 1 + (self.augment.variants_per_case if self.augment else 0)
+        # What makes two worlds' variants identical; built once, since variant() runs for every
+        # pose of every replay sample.
+        self._variant_key = (
+            "landmark-variant",
+            self.levels_mm,
+            self.preset,
+            self.landmark_names,
+            self.augment,
+            self.seed,
+        )
         self.variant_table: NDArray[np.int64] = np.array(
             [(case_index, aug_id) for case_index in range(len(self.cases)) for aug_id in range(per_case)],
             dtype=np.int64,
@@ -152,15 +162,7 @@ class LandmarkWorld:
     def variant(self, index: int) -> Variant:
         case_index, aug_id = (int(v) for v in self.variant_table[index])
         case = self.cases[case_index]
-        key = (
-            "landmark-variant",
-            self.levels_mm,
-            self.preset,
-            self.landmark_names,
-            self.augment,
-            aug_id,
-            self.seed,
-        )
+        key = (self._variant_key, aug_id)
         return self.dataset.derived(case, key, lambda subject: self._build_variant(subject, aug_id))
 
     def _build_variant(self, subject: Subject, aug_id: int) -> Variant:
@@ -345,11 +347,12 @@ class LandmarkEnv(gym.Env):
             dataset = Dataset.phantoms(8, 2, 2, seed=0)
         elif not isinstance(dataset, Dataset):
             dataset = Dataset.from_manifest(dataset)
-        names = list(landmarks) if landmarks is not None else _default_landmarks(dataset, split)
+        available = _default_landmarks(dataset, split)
+        names = list(landmarks) if landmarks is not None else available
         self.world = LandmarkWorld(
             dataset, split, names, levels_mm, patch_size, frames, preset, augment, world_seed, case_ids
         )
-        known = set(_default_landmarks(dataset, split))
+        known = set(available)
         unknown = [name for name in names if name not in known]
         if unknown:
             raise ValueError(
