@@ -5,15 +5,25 @@ Importing this package registers the Gymnasium ids::
     import gymnasium, envs
 
     env = gymnasium.make("medgym/LandmarkDetection-v0")
+    env = gymnasium.make("medgym/RigidRegistration-v0")
+    env = gymnasium.make("medgym/DeformableRegistration-v0")
 
 (``gymnasium.make("envs:medgym/LandmarkDetection-v0")`` imports the package itself.)
 """
 
 from gymnasium.envs.registration import register, registry
 
-__all__ = ["LANDMARK_ENV_ID"]
+__all__ = ["DEFORMABLE_ENV_ID", "LANDMARK_ENV_ID", "RIGID_ENV_ID"]
 
 LANDMARK_ENV_ID = "medgym/LandmarkDetection-v0"
+RIGID_ENV_ID = "medgym/RigidRegistration-v0"
+DEFORMABLE_ENV_ID = "medgym/DeformableRegistration-v0"
 
 if LANDMARK_ENV_ID not in registry:
     register(id=LANDMARK_ENV_ID, entry_point="envs.landmark:LandmarkEnv", max_episode_steps=50)
+if RIGID_ENV_ID not in registry:
+    register(id=RIGID_ENV_ID, entry_point="envs.registration:RigidRegistrationEnv", max_episode_steps=50)
+if DEFORMABLE_ENV_ID not in registry:
+    register(
+        id=DEFORMABLE_ENV_ID, entry_point="envs.deformation:DeformableRegistrationEnv", max_episode_steps=50
+    )

@@ -7,7 +7,7 @@ from numpy.typing import NDArray
 
 from envs.volume import Volume
 
-__all__ = ["orthogonal_slices"]
+__all__ = ["checkerboard_slices", "orthogonal_slices", "overlay_slices"]
 
 _TRAJECTORY_RGB = (255, 210, 0)
 _TARGET_RGB = (255, 40, 40)
@@ -80,3 +80,54 @@ def _draw_points(
             for r, c in ((row + d, col), (row, col + d)):
                 if 0 <= r < height and 0 <= c < width:
                     rgb[r, c] = color
+
+
+def _central_views(cube: NDArray) -> list[NDArray]:
+    """Axial, coronal and sagittal central slices of a ``(z, y, x)`` cube, oriented as in
+    :func:`orthogonal_slices` (superior up in coronal and sagittal)."""
+    z, y, x = (n // 2 for n in cube.shape)
+    return [cube[z, :, :], cube[::-1, y, :], cube[::-1, :, x]]
+
+
+def _side_by_side(panels: list[NDArray], height_px: int) -> NDArray[np.uint8]:
+    out = []
+    for rgb in panels:
+        scale = max(1, height_px // rgb.shape[0])
+        rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)[:height_px]
+        pad = height_px - rgb.shape[0]
+        if pad > 0:
+            rgb = np.pad(rgb, ((pad // 2, pad - pad // 2), (0, 0), (0, 0)))
+        out.extend([rgb, np.full((height_px, 4, 3), 40, np.uint8)])
+    return np.concatenate(out[:-1], axis=1).astype(np.uint8)
+
+
+def overlay_slices(fixed: NDArray, moving: NDArray, height_px: int = 192) -> NDArray[np.uint8]:
+    """Fixed (green) over moving (magenta) on three central slices of two ``(z, y, x)`` cubes.
+
+    Where the two agree the picture is grey; misalignment shows as green and magenta fringes.
+    """
+    if np.shape(fixed) != np.shape(moving) or np.ndim(fixed) != 3:
+        raise ValueError(
+            f"overlay_slices: expected two equal 3-D cubes, got {np.shape(fixed)} and {np.shape(moving)}"
+        )
+    panels = []
+    for f, m in zip(_central_views(np.asarray(fixed)), _central_views(np.asarray(moving)), strict=True):
+        panels.append(np.stack([m, f, m], axis=-1))
+    return _side_by_side(panels, height_px)
+
+
+def checkerboard_slices(
+    fixed: NDArray, moving: NDArray, tiles: int = 6, height_px: int = 192
+) -> NDArray[np.uint8]:
+    """Checkerboard of fixed and moving on three central slices (grey): edges must run on across tiles."""
+    if np.shape(fixed) != np.shape(moving) or np.ndim(fixed) != 3:
+        raise ValueError(
+            f"checkerboard_slices: expected two equal 3-D cubes, got {np.shape(fixed)} and {np.shape(moving)}"
+        )
+    panels = []
+    for f, m in zip(_central_views(np.asarray(fixed)), _central_views(np.asarray(moving)), strict=True):
+        rows, cols = np.indices(f.shape)
+        size = max(1, max(f.shape) // tiles)
+        board = np.where(((rows // size) + (cols // size)) % 2 == 0, f, m).astype(np.uint8)
+        panels.append(np.repeat(board[..., np.newaxis], 3, axis=2))
+    return _side_by_side(panels, height_px)
