@@ -1,6 +1,8 @@
-"""Train a landmark-detection DQN from a YAML config.
+"""Train a landmark-detection or registration agent from a YAML config.
 
     python train.py configs/landmark_phantom.yaml [--set train.total_timesteps=20000 ...]
+    python train.py configs/rigid_phantom.yaml        (task: rigid)
+    python train.py configs/sdm_phantom.yaml          (task: sdm)
     python train.py --resume runs/landmark-20261125-101500
 
 Reads top to bottom: config, seeding, data, envs, model, callbacks, learn, save. The logic
@@ -16,27 +18,41 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import configure as configure_logger
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv
+from tqdm import tqdm
 
 import envs
-from agents.config import ConfigError, LandmarkExperiment, load_experiment
-from agents.dqn import build_model, load_policy, save_policy, set_torch_threads
+from agents.alignment import alignment_score, make_alignment_world, prepare_sdm, validate_alignment
+from agents.config import (
+    ConfigError,
+    Experiment,
+    LandmarkExperiment,
+    RigidExperiment,
+    SdmExperiment,
+    load_experiment,
+)
+from agents.dqn import build_model, build_policy, load_policy, save_policy, set_torch_threads
+from agents.greedy import GreedyTrainer
 from agents.runs import Run, atomic_write_text, create_run, open_run
 from agents.search import QNetworkPolicy, detect_landmarks, scored_detections
 from envs.dataset import Dataset
+from envs.deformation import DeformableRegistrationEnv
 from envs.landmark import LandmarkWorld
+from envs.registration import AlignmentWorld, RigidRegistrationEnv
 
 __all__ = ["main", "prepare_dataset", "validate"]
 
 
-def prepare_dataset(experiment: LandmarkExperiment) -> Dataset:
+def prepare_dataset(experiment: Experiment) -> Dataset:
     """The experiment's dataset; phantoms are written to disk once and then read like real data."""
     data = experiment.data
     cache_bytes = int(data.cache_gib * (1 << 30))
@@ -49,10 +65,15 @@ def prepare_dataset(experiment: LandmarkExperiment) -> Dataset:
     folder = Path(spec.cache_dir) / (
         f"n{spec.n_train}-{spec.n_val}-{spec.n_test}_seed{spec.seed}_{spec.spacing_mm:g}mm"
         + ("_partial" if spec.partial_fov else "")
+        + ("_shape" if spec.shape_only else "")
     )
     manifest = folder / "manifest.csv"
     if not manifest.is_file():
         config = PhantomConfig(spacing_mm=spec.spacing_mm, partial_fov=spec.partial_fov)
+        if spec.shape_only:
+            from envs.deformation import shape_only_config
+
+            config = shape_only_config(config)
         write_phantom_dataset(folder, spec.n_train, spec.n_val, spec.n_test, seed=spec.seed, config=config)
     return Dataset.from_manifest(manifest, cache_bytes=cache_bytes)
 
@@ -106,21 +127,33 @@ def validate(
     }
 
 
+def landmark_score(metrics: dict[str, float]) -> tuple[float, ...]:
+    """Lower is better: fewer lost landmarks first, then the median, then the tail."""
+    return (metrics["misses"], metrics["median_mm"], metrics["p95_mm"])
+
+
 class TrainingMonitor(BaseCallback):
-    """Periodic validation, best-model saving, early stopping, checkpoints and a time limit."""
+    """Periodic validation, best-model saving, early stopping, checkpoints and a time limit.
+
+    ``validator(policy)`` returns the validation metrics (with ``median_mm``), ``score(metrics)``
+    a tuple where lower is better. Works as an SB3 callback, or driven by hand (the greedy
+    registration learner) through :meth:`init_callback` and :meth:`on_step`.
+    """
 
     def __init__(
         self,
         run: Run,
-        val_world: LandmarkWorld,
-        experiment: LandmarkExperiment,
+        validator: Callable[[Any], dict[str, float]],
+        score: Callable[[dict[str, float]], tuple[float, ...]],
+        experiment: Experiment,
         started_steps: int = 0,
         state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         state = state or {}
         self.run = run
-        self.val_world = val_world
+        self.validator = validator
+        self.score = score
         self.experiment = experiment
         self.best_mm = float(state.get("best_val_median_mm", float("inf")))
         best_score = state.get("best_score")
@@ -152,9 +185,7 @@ class TrainingMonitor(BaseCallback):
 
     def _validate(self) -> bool:
         began = time.perf_counter()
-        metrics = validate(
-            self.model.policy, self.val_world, self.experiment, self.experiment.train.eval_cases
-        )
+        metrics = self.validator(self.model.policy)
         self.model.policy.set_training_mode(True)
         elapsed = time.perf_counter() - self.started
         row = {
@@ -165,23 +196,27 @@ class TrainingMonitor(BaseCallback):
             "validation_s": time.perf_counter() - began,
         }
         self.history.append(row)
-        for key in ("median_mm", "p95_mm", "max_mm", "misses"):
-            self.logger.record(f"val/{key}", metrics[key])
+        for key, value in metrics.items():
+            self.logger.record(f"val/{key}", value)
         self._append_csv(row)
-        # Fewer lost landmarks first, then the median, then the tail.
-        score = (metrics["misses"], metrics["median_mm"], metrics["p95_mm"])
+        score = self.score(metrics)
         if self.best_score is None or score < self.best_score:
             self.best_score = score
             self.best_mm = metrics["median_mm"]
             self.evals_without_gain = 0
-            save_policy(self.model, self.run.best_policy)
+            save_policy(self.model.policy, self.run.best_policy)
         else:
             self.evals_without_gain += 1
         self._write_state()
         return self.evals_without_gain < self.experiment.train.patience
 
+    def on_step(self, num_timesteps: int) -> bool:
+        """Drive the monitor by hand (no SB3 model): returns False when training should stop."""
+        self.num_timesteps = num_timesteps
+        return self._on_step()
+
     def _checkpoint(self) -> None:
-        save_policy(self.model, self.run.latest_policy)
+        save_policy(self.model.policy, self.run.latest_policy)
         self._write_state(checkpoint_steps=int(self.num_timesteps))
 
     def _write_state(self, checkpoint_steps: int | None = None) -> None:
@@ -211,7 +246,7 @@ class TrainingMonitor(BaseCallback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train a medgym landmark-detection agent.")
+    parser = argparse.ArgumentParser(description="Train a medgym landmark-detection or registration agent.")
     parser.add_argument("config", nargs="?", help="experiment YAML, e.g. configs/landmark_phantom.yaml")
     parser.add_argument(
         "--set",
@@ -252,6 +287,8 @@ def train(args: argparse.Namespace) -> int:
     set_random_seed(experiment.seed)
     # 3. data: checked before a run folder exists, so bad input leaves nothing behind
     dataset = prepare_dataset(experiment)
+    if not isinstance(experiment, LandmarkExperiment):
+        return _train_alignment(args, experiment, dataset, run, state)
     # A resumed run keeps its own landmark order: the network's input is tied to it.
     resumed_names = run.landmark_names() if run is not None else None
     train_world = make_world(experiment, dataset, "train", augment=True, landmarks=resumed_names)
@@ -327,7 +364,15 @@ def _learn(
         print(f"train.py: {run.path} already trained {done_steps} steps; nothing to do")
         return 0
     # 6. callbacks and learning
-    monitor = TrainingMonitor(run, val_world, experiment, started_steps=done_steps, state=state)
+    max_cases = experiment.train.eval_cases
+    monitor = TrainingMonitor(
+        run,
+        lambda policy: validate(policy, val_world, experiment, max_cases),
+        landmark_score,
+        experiment,
+        started_steps=done_steps,
+        state=state,
+    )
     print(
         f"train.py: run folder {run.path} ({len(names)} landmarks, "
         f"{len(train_world.cases)} training cases x "
@@ -357,6 +402,161 @@ def _learn(
     )
     vec_env.close()
     return 0
+
+
+def _train_alignment(
+    args: argparse.Namespace,
+    experiment: RigidExperiment | SdmExperiment,
+    dataset: Dataset,
+    run: Run | None,
+    state: dict[str, Any],
+) -> int:
+    """Registration tasks (rigid, sdm): the greedy learner (default) or SB3's DQN / Double DQN."""
+    bundle = None
+    if isinstance(experiment, SdmExperiment):
+        saved = run.path / "sdm.npz" if run is not None else None
+        bundle = prepare_sdm(experiment, dataset, saved)
+        print(f"train.py: {bundle.sdm!r}")
+    train_world = make_alignment_world(experiment, dataset, "train", training=True, bundle=bundle)
+    val_split = "val" if dataset.split("val") else "train"
+    if val_split == "train":
+        print("train.py: warning: no val split; validating on the training cases", file=sys.stderr)
+    val_world = make_alignment_world(experiment, dataset, val_split, training=False, bundle=bundle)
+    print(
+        f"train.py: preparing {train_world.n_variants} training and {val_world.n_variants} validation pairs",
+        flush=True,
+    )
+    for index in tqdm(range(train_world.n_variants), desc="pairs", disable=not experiment.train.progress_bar):
+        train_world.pair(index)  # bad data fails here, before a run folder exists
+    val_world.pair(0)
+    created = run is None
+    if run is None:
+        run = create_run(experiment, path=args.run_dir)
+        if bundle is not None:
+            bundle.sdm.save(run.path / "sdm.npz")
+    try:
+        return _learn_alignment(experiment, args, run, state, train_world, val_world)
+    except BaseException:
+        if created and not run.latest_policy.is_file():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def _learn_alignment(
+    experiment: RigidExperiment | SdmExperiment,
+    args: argparse.Namespace,
+    run: Run,
+    state: dict[str, Any],
+    train_world: AlignmentWorld,
+    val_world: AlignmentWorld,
+) -> int:
+    config = experiment.agent
+    done_steps = int(state.get("num_timesteps", 0))
+    remaining = experiment.train.total_timesteps - done_steps
+    if remaining <= 0:
+        print(f"train.py: {run.path} already trained {done_steps} steps; nothing to do")
+        return 0
+    max_cases = experiment.train.eval_cases
+    monitor = TrainingMonitor(
+        run,
+        lambda policy: validate_alignment(policy, val_world, experiment, max_cases),
+        alignment_score,
+        experiment,
+        started_steps=done_steps,
+        state=state,
+    )
+    began = time.perf_counter()
+    if config.algorithm == "greedy":
+        policy = build_policy(
+            config, train_world.observation_space(), gym.spaces.Discrete(train_world.n_actions)
+        )
+        if args.resume is not None and run.latest_policy.is_file():
+            loaded = load_policy(run.latest_policy, (policy.observation_space, policy.action_space))
+            policy.q_net.load_state_dict(loaded.q_net.state_dict())
+        trainer = GreedyTrainer(
+            policy,
+            train_world,
+            buffer_size=min(config.buffer_size, 50_000),
+            batch_size=config.batch_size,
+            seed=experiment.seed,
+        )
+        logger = configure_logger(str(run.path / "tb"), ["tensorboard"])
+        model = _GreedyModel(policy, logger)
+        monitor.init_callback(model)  # type: ignore[arg-type]
+        steps = done_steps
+        with tqdm(total=remaining, unit="sample", disable=not experiment.train.progress_bar) as bar:
+            while steps < experiment.train.total_timesteps:
+                before = trainer.samples
+                loss = trainer.update()
+                steps += trainer.samples - before
+                bar.update(trainer.samples - before)
+                if trainer.updates % 100 == 0:
+                    logger.record("train/loss", float(np.mean(trainer.losses[-100:])))
+                    logger.dump(steps)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                model.num_timesteps = steps
+                if not monitor.on_step(steps):
+                    break
+        monitor._on_training_end()
+        num_timesteps = steps
+    else:
+        env_id = envs.RIGID_ENV_ID if isinstance(experiment, RigidExperiment) else envs.DEFORMABLE_ENV_ID
+        env_cls = (
+            RigidRegistrationEnv if isinstance(experiment, RigidExperiment) else DeformableRegistrationEnv
+        )
+
+        def make_env() -> gym.Env:
+            env = env_cls.from_world(train_world, "random", experiment.env.tre_threshold_mm)
+            return gym.wrappers.TimeLimit(env, experiment.env.max_episode_steps)
+
+        vec_env = DummyVecEnv([make_env for _ in range(experiment.env.n_envs)])
+        vec_env.seed(experiment.seed)
+        model = build_model(
+            config,
+            vec_env,
+            seed=experiment.seed,
+            tensorboard_log=str(run.path / "tb"),
+            pose_renderer=train_world.observations_from_poses,
+        )
+        if args.resume is not None and run.latest_policy.is_file():
+            loaded = load_policy(run.latest_policy, vec_env)
+            model.policy.q_net.load_state_dict(loaded.q_net.state_dict())
+            model.policy.q_net_target.load_state_dict(loaded.q_net.state_dict())
+            model.num_timesteps = done_steps
+            model.learning_starts = done_steps + config.learning_starts
+        print(f"train.py: {env_id} with {config.algorithm} DQN")
+        model.learn(
+            remaining,
+            callback=CallbackList([monitor]),
+            progress_bar=experiment.train.progress_bar,
+            reset_num_timesteps=args.resume is None,
+            tb_log_name="dqn",
+        )
+        num_timesteps = int(model.num_timesteps)
+        vec_env.close()
+    minutes = (time.perf_counter() - began) / 60.0
+    summary = {
+        "num_timesteps": num_timesteps,
+        "minutes": minutes,
+        "steps_per_s": (num_timesteps - done_steps) / max(minutes * 60.0, 1e-9),
+        "best_val_median_mm": monitor.best_mm,
+        "validations": monitor.history,
+    }
+    atomic_write_text(run.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+    print(
+        f"train.py: {num_timesteps} samples in {minutes:.1f} min ({summary['steps_per_s']:.0f}/s); "
+        f"best validation median TRE {monitor.best_mm:.2f} mm; saved {run.best_policy}"
+    )
+    return 0
+
+
+class _GreedyModel:
+    """The parts of an SB3 model that :class:`TrainingMonitor` reads, for the greedy learner."""
+
+    def __init__(self, policy: Any, logger: Any) -> None:
+        self.policy = policy
+        self.logger = logger
+        self.num_timesteps = 0
 
 
 if __name__ == "__main__":

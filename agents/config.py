@@ -18,21 +18,32 @@ from typing import Any, TypeVar
 import yaml
 
 from agents.dqn import AgentConfig
-from agents.search import SearchConfig
+from agents.search import AlignConfig, SearchConfig
 from envs.augment import AugmentConfig
 
 __all__ = [
+    "TASKS",
+    "AtlasFiles",
     "ConfigError",
     "DataConfig",
     "EnvConfig",
+    "Experiment",
     "LandmarkExperiment",
     "PhantomDataConfig",
+    "RigidEnvConfig",
+    "RigidExperiment",
+    "SdmConfig",
+    "SdmEnvConfig",
+    "SdmExperiment",
     "TrainConfig",
     "apply_overrides",
+    "experiment_from_mapping",
     "from_mapping",
     "load_experiment",
     "to_mapping",
 ]
+
+TASKS = ("landmark", "rigid", "sdm")
 
 T = TypeVar("T")
 
@@ -43,7 +54,11 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class PhantomDataConfig:
-    """Synthetic CT phantoms written to ``cache_dir`` once (NIfTI + .fcsv + manifest)."""
+    """Synthetic CT phantoms written to ``cache_dir`` once (NIfTI + .fcsv + manifest).
+
+    ``shape_only`` drops pose and size changes (subjects differ only by the deformation
+    modes): the SDM task's data, where rigid pose is the rigid agent's job.
+    """
 
     n_train: int = 24
     n_val: int = 4
@@ -51,6 +66,7 @@ class PhantomDataConfig:
     seed: int = 0
     spacing_mm: float = 2.0
     partial_fov: bool = False
+    shape_only: bool = False
     cache_dir: str = "data/phantoms"
 
 
@@ -135,6 +151,192 @@ class LandmarkExperiment:
             raise ConfigError(f"config task: expected 'landmark', got {self.task!r}")
         if (self.data.manifest is None) == (self.data.phantoms is None):
             raise ConfigError("config data: give exactly one of data.manifest (a file) or data.phantoms")
+
+
+def _check_steps(name: str, steps: tuple[float, ...], levels: tuple[float, ...]) -> None:
+    if len(steps) != len(levels) or min(steps, default=0) <= 0:
+        raise ConfigError(
+            f"config env.{name}: expected one positive step per level ({len(levels)} levels), "
+            f"got {list(steps)}"
+        )
+
+
+def _check_levels(levels: tuple[float, ...], obs_size: int) -> None:
+    if not levels or min(levels) <= 0 or any(b >= a for a, b in pairwise(levels)):
+        raise ConfigError(
+            f"config env.levels_mm: expected positive spacings, coarse to fine, got {list(levels)}"
+        )
+    if obs_size < 9:
+        raise ConfigError(f"config env.obs_size: expected >= 9 voxels (e.g. 25), got {obs_size}")
+
+
+@dataclass(frozen=True)
+class RigidEnvConfig:
+    """The rigid registration env (see envs/registration.py ``RigidWorld``)."""
+
+    levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0)
+    obs_size: int = 25
+    translation_steps_mm: tuple[float, ...] = (6.0, 2.0, 0.5)
+    rotation_steps_deg: tuple[float, ...] = (6.0, 2.0, 0.5)
+    misalignment_mm: float = 60.0
+    misalignment_deg: float = 60.0
+    contrast: str = "mixed"
+    partial_fov: float = 0.3
+    pairing: str = "self"
+    variants_per_case: int = 4
+    variant_motion: tuple[float, float] = (20.0, 15.0)
+    control_spacing_mm: float = 40.0
+    preset: str | None = None
+    tre_threshold_mm: float = 1.0
+    max_episode_steps: int = 50
+    n_envs: int = 8
+
+    def __post_init__(self) -> None:
+        _check_levels(self.levels_mm, self.obs_size)
+        _check_steps("translation_steps_mm", self.translation_steps_mm, self.levels_mm)
+        _check_steps("rotation_steps_deg", self.rotation_steps_deg, self.levels_mm)
+        if self.contrast not in ("same", "multimodal", "mixed"):
+            raise ConfigError(
+                f"config env.contrast: expected same, multimodal or mixed, got {self.contrast!r}"
+            )
+        if self.pairing not in ("self", "landmarks"):
+            raise ConfigError(f"config env.pairing: expected self or landmarks, got {self.pairing!r}")
+        if not 0.0 <= self.partial_fov <= 1.0:
+            raise ConfigError(
+                f"config env.partial_fov: expected a probability in [0, 1], got {self.partial_fov}"
+            )
+        if self.variants_per_case < 1 or self.max_episode_steps < 1 or self.n_envs < 1:
+            raise ConfigError("config env.variants_per_case, max_episode_steps and n_envs: expected >= 1")
+
+    def world_kwargs(self) -> dict[str, Any]:
+        return {
+            "levels_mm": self.levels_mm,
+            "obs_size": self.obs_size,
+            "translation_steps_mm": self.translation_steps_mm,
+            "rotation_steps_deg": self.rotation_steps_deg,
+            "misalignment_mm": self.misalignment_mm,
+            "misalignment_deg": self.misalignment_deg,
+            "preset": self.preset,
+            "contrast": self.contrast,
+            "partial_fov": self.partial_fov,
+            "pairing": self.pairing,
+            "variants_per_case": self.variants_per_case,
+            "variant_motion": self.variant_motion,
+            "control_spacing_mm": self.control_spacing_mm,
+        }
+
+
+@dataclass(frozen=True)
+class SdmEnvConfig:
+    """The SDM registration env (see envs/deformation.py ``DeformableWorld``)."""
+
+    levels_mm: tuple[float, ...] = (8.0, 4.0)
+    obs_size: int = 25
+    coefficient_steps: tuple[float, ...] = (0.4, 0.1)
+    start_range: float = 2.5
+    control_spacing_mm: float = 30.0
+    preset: str | None = None
+    tre_threshold_mm: float = 1.0
+    max_episode_steps: int = 50
+    n_envs: int = 8
+
+    def __post_init__(self) -> None:
+        _check_levels(self.levels_mm, self.obs_size)
+        _check_steps("coefficient_steps", self.coefficient_steps, self.levels_mm)
+        if self.max_episode_steps < 1 or self.n_envs < 1:
+            raise ConfigError("config env.max_episode_steps and env.n_envs: expected >= 1")
+
+    def world_kwargs(self) -> dict[str, Any]:
+        return {
+            "levels_mm": self.levels_mm,
+            "obs_size": self.obs_size,
+            "coefficient_steps": self.coefficient_steps,
+            "start_range": self.start_range,
+            "control_spacing_mm": self.control_spacing_mm,
+            "preset": self.preset,
+        }
+
+
+@dataclass(frozen=True)
+class AtlasFiles:
+    """The atlas an SDM agent warps (user data): image, optional label map and landmarks."""
+
+    image: str
+    labels: str | None = None
+    landmarks: str | None = None
+
+
+@dataclass(frozen=True)
+class SdmConfig:
+    """Where the statistical deformation model comes from.
+
+    ``file``: a model saved by ``StatisticalDeformationModel.save`` (``.npz``). Without it the
+    model is fitted: to ``n_fields`` shape-only training phantoms' true fields (phantom data),
+    or, for a manifest, by B-spline registration of the training volumes to the atlas.
+    """
+
+    file: str | None = None
+    k: int = 6
+    n_fields: int = 24
+    spacing_mm: float = 8.0
+    atlas: AtlasFiles | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.n_fields < 2 or not self.spacing_mm > 0:
+            raise ConfigError("config sdm: expected k >= 1, n_fields >= 2 and spacing_mm > 0")
+
+
+@dataclass(frozen=True)
+class RigidExperiment:
+    """Everything one rigid-registration training run needs."""
+
+    task: str = "rigid"
+    name: str = "rigid"
+    seed: int = 0
+    data: DataConfig = field(default_factory=lambda: DataConfig(phantoms=PhantomDataConfig()))
+    env: RigidEnvConfig = field(default_factory=RigidEnvConfig)
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(algorithm="greedy"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: AlignConfig = field(default_factory=AlignConfig)
+
+    def __post_init__(self) -> None:
+        if self.task != "rigid":
+            raise ConfigError(f"config task: expected 'rigid', got {self.task!r}")
+        if (self.data.manifest is None) == (self.data.phantoms is None):
+            raise ConfigError("config data: give exactly one of data.manifest (a file) or data.phantoms")
+
+
+@dataclass(frozen=True)
+class SdmExperiment:
+    """Everything one SDM (deformable) registration training run needs."""
+
+    task: str = "sdm"
+    name: str = "sdm"
+    seed: int = 0
+    data: DataConfig = field(default_factory=lambda: DataConfig(phantoms=PhantomDataConfig(shape_only=True)))
+    sdm: SdmConfig = field(default_factory=SdmConfig)
+    env: SdmEnvConfig = field(default_factory=SdmEnvConfig)
+    agent: AgentConfig = field(default_factory=lambda: AgentConfig(algorithm="greedy"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: AlignConfig = field(default_factory=AlignConfig)
+
+    def __post_init__(self) -> None:
+        if self.task != "sdm":
+            raise ConfigError(f"config task: expected 'sdm', got {self.task!r}")
+        if (self.data.manifest is None) == (self.data.phantoms is None):
+            raise ConfigError("config data: give exactly one of data.manifest (a file) or data.phantoms")
+        if self.data.manifest is not None and self.sdm.atlas is None:
+            raise ConfigError(
+                "config sdm.atlas: a manifest needs an atlas (sdm.atlas.image, and labels/landmarks) to warp"
+            )
+
+
+Experiment = LandmarkExperiment | RigidExperiment | SdmExperiment
+_EXPERIMENTS: dict[str, type] = {
+    "landmark": LandmarkExperiment,
+    "rigid": RigidExperiment,
+    "sdm": SdmExperiment,
+}
 
 
 # ---------------------------------------------------------------------- mapping <-> dataclass
@@ -253,7 +455,7 @@ def apply_overrides(mapping: dict[str, Any], overrides: list[str]) -> dict[str, 
     return result
 
 
-def load_experiment(path: str | Path | None, overrides: list[str] | None = None) -> LandmarkExperiment:
+def load_experiment(path: str | Path | None, overrides: list[str] | None = None) -> Experiment:
     """Read a YAML experiment, apply overrides, check every key and type."""
     mapping: dict[str, Any] = {}
     if path is not None:
@@ -274,9 +476,14 @@ def load_experiment(path: str | Path | None, overrides: list[str] | None = None)
             )
         mapping = loaded
     mapping = apply_overrides(mapping, overrides or [])
+    return experiment_from_mapping(mapping)
+
+
+def experiment_from_mapping(mapping: dict[str, Any]) -> Experiment:
+    """The experiment class of ``mapping["task"]`` (default ``landmark``), filled and checked."""
     task = mapping.get("task", "landmark")
-    if task != "landmark":
-        raise ConfigError(f"config task: {task!r} is not available yet; expected 'landmark'")
+    if task not in _EXPERIMENTS:
+        raise ConfigError(f"config task: expected one of {list(TASKS)}, got {task!r}")
     if "data" in mapping and isinstance(mapping["data"], dict) and "manifest" in mapping["data"]:
         mapping["data"].setdefault("phantoms", None)
-    return from_mapping(LandmarkExperiment, mapping)
+    return from_mapping(_EXPERIMENTS[task], mapping)

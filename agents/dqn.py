@@ -34,6 +34,7 @@ __all__ = [
     "AgentConfig",
     "DoubleDQN",
     "build_model",
+    "build_policy",
     "double_td_target",
     "greedy_td_target",
     "load_policy",
@@ -43,7 +44,7 @@ __all__ = [
 
 POLICY_FORMAT = "medgym.policy"
 POLICY_FORMAT_VERSION = 1
-_ALGORITHMS = ("dqn", "double")
+_ALGORITHMS = ("dqn", "double", "greedy")
 _REPLAYS = ("pose", "sb3")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -161,7 +162,9 @@ class AgentConfig:
     """Everything that defines a DQN agent for the 3-D patch envs.
 
     Attributes:
-        algorithm: ``"dqn"`` (SB3's target) or ``"double"`` (Double DQN target).
+        algorithm: ``"dqn"`` (SB3's target), ``"double"`` (Double DQN target) or ``"greedy"``
+            (registration only: Liao et al.'s supervised greedy Q-learning, where the known
+            ground truth gives the reward of every action, see :mod:`agents.greedy`).
         dueling: Use the dueling head (V + A - mean A).
         channels: Conv channels of :class:`agents.networks.VolumeFeatures`.
         kernel_sizes: Conv kernel edges, one per layer.
@@ -186,7 +189,7 @@ class AgentConfig:
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     """
 
-    algorithm: Literal["dqn", "double"] = "double"
+    algorithm: Literal["dqn", "double", "greedy"] = "double"
     dueling: bool = True
     channels: tuple[int, ...] = (8, 16, 32)
     kernel_sizes: tuple[int, ...] = (5, 3, 3)
@@ -334,6 +337,11 @@ def build_model(
     Raises:
         ValueError: If ``replay="pose"`` and no renderer is given or found, or the spaces do not fit.
     """
+    if config.algorithm == "greedy":
+        raise ValueError(
+            "build_model: algorithm 'greedy' is trained by agents.greedy.GreedyTrainer (registration "
+            "tasks), not by SB3's DQN; use algorithm 'dqn' or 'double' here"
+        )
     set_torch_threads(config.torch_threads)
     replay_buffer_kwargs: dict[str, Any] = {"handle_timeout_termination": True}
     if config.replay == "pose":
@@ -490,14 +498,8 @@ def load_policy(
         key: tuple(value) if isinstance(value, list) else value
         for key, value in payload["features_extractor_kwargs"].items()
     }
-    policy_class = DuelingDQNPolicy if payload["dueling"] else VolumeDQNPolicy
-    policy = policy_class(
-        observation_space,
-        action_space,
-        lr_schedule=lambda _: 0.0,  # no optimiser steps are taken on a loaded policy
-        net_arch=list(payload["net_arch"]),
-        features_extractor_class=VolumeFeatures,
-        features_extractor_kwargs=extractor_kwargs,
+    policy = _make_policy(
+        payload["dueling"], observation_space, action_space, list(payload["net_arch"]), extractor_kwargs
     )
     policy.q_net.load_state_dict(payload["q_net"])
     policy.q_net_target.load_state_dict(payload["q_net"])
@@ -506,6 +508,44 @@ def load_policy(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
     return policy.to(device)
+
+
+def _make_policy(
+    dueling: bool,
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    net_arch: list[int],
+    extractor_kwargs: dict[str, Any],
+    learning_rate: float = 0.0,
+) -> DQNPolicy:
+    policy_class = DuelingDQNPolicy if dueling else VolumeDQNPolicy
+    return policy_class(
+        observation_space,
+        action_space,
+        lr_schedule=lambda _: learning_rate,
+        net_arch=net_arch,
+        features_extractor_class=VolumeFeatures,
+        features_extractor_kwargs=extractor_kwargs,
+    )
+
+
+def build_policy(
+    config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space
+) -> DQNPolicy:
+    """A fresh Q-network policy (online + target nets, Adam) for a learner outside SB3's ``DQN``.
+
+    Its weights save and load with :func:`save_policy` / :func:`load_policy` like a DQN's.
+    """
+    set_torch_threads(config.torch_threads)
+    policy = _make_policy(
+        config.dueling,
+        observation_space,
+        action_space,
+        list(config.net_arch),
+        config.features_extractor_kwargs(),
+        config.learning_rate,
+    )
+    return policy.to(config.resolved_device())
 
 
 def predict_q_values(policy: DQNPolicy, obs_batch: Mapping[str, np.ndarray]) -> np.ndarray:

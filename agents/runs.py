@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from agents.config import LandmarkExperiment, from_mapping, to_mapping
+from agents.config import Experiment, experiment_from_mapping, to_mapping
 
 __all__ = ["Run", "atomic_write_text", "create_run", "open_run", "package_versions"]
 
@@ -62,7 +62,7 @@ def package_versions() -> dict[str, str]:
 @dataclass(frozen=True)
 class Run:
     path: Path
-    experiment: LandmarkExperiment
+    experiment: Experiment
 
     @property
     def checkpoints(self) -> Path:
@@ -101,7 +101,7 @@ class Run:
         atomic_write_text(self.path / "state.json", json.dumps(state, indent=2) + "\n")
 
 
-def create_run(experiment: LandmarkExperiment, root: Path = Path("runs"), path: Path | None = None) -> Run:
+def create_run(experiment: Experiment, root: Path = Path("runs"), path: Path | None = None) -> Run:
     """Make a new run folder with the resolved config and meta data."""
     if path is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -143,4 +143,4 @@ def open_run(path: str | Path) -> Run:
         mapping = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise ValueError(f"run folder {folder}: config.yaml is not valid YAML ({error})") from None
-    return Run(folder, from_mapping(LandmarkExperiment, mapping))
+    return Run(folder, experiment_from_mapping(mapping))

@@ -1,10 +1,14 @@
-"""Test-time landmark detection: batched greedy rollouts, coarse to fine.
+"""Test-time search: landmark detection and registration, greedy rollouts coarse to fine.
 
 All agents (landmarks x starting points) of one volume step together: one batched forward
 pass per step. A level ends when an agent revisits one of its last positions (oscillation,
 the stopping rule that beat fixed step counts in FACTS.md) or after a step cap; the finest
 level's end is the answer. An agent that keeps pushing against the volume border is
 reported as "not in the field of view".
+
+Registration (:func:`align`, :func:`register`) follows the same rules on a transform's
+parameters: the agent steps until it revisits one of its last transforms, then the steps
+shrink (next level); the finest level's oscillation ends the search.
 """
 
 from __future__ import annotations
@@ -12,22 +16,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from envs.landmark import ACTIONS_ZYX, LandmarkWorld, Variant
+from envs.registration import UNIT, AlignmentPair, AlignmentWorld
 
 __all__ = [
     "AgentState",
+    "AlignConfig",
+    "Alignment",
+    "AlignmentOracle",
     "Detection",
     "OraclePolicy",
     "QNetworkPolicy",
     "SearchConfig",
+    "align",
     "detect_landmarks",
+    "register",
     "scored_detections",
     "start_points",
+    "write_registration",
 ]
 
 
@@ -369,3 +381,247 @@ def scored_detections(
         error = float(np.linalg.norm(position - truth)) if not np.isnan(position[0]) else float("nan")
         scored.append((name, truth, detection, error, bool(detection.found and not np.isnan(error))))
     return scored
+
+
+# ---------------------------------------------------------------------- registration
+@dataclass(frozen=True)
+class AlignConfig:
+    """Test-time registration settings.
+
+    Attributes:
+        oscillation_window: a return to one of this many last transforms ends a level.
+        max_steps_per_level: cap per level (a safety net; oscillation normally ends first).
+    """
+
+    oscillation_window: int = 4
+    max_steps_per_level: int = 80
+
+    def __post_init__(self) -> None:
+        if self.oscillation_window < 2:
+            raise ValueError(f"align.oscillation_window: expected >= 2, got {self.oscillation_window}")
+        if self.max_steps_per_level < 1:
+            raise ValueError(f"align.max_steps_per_level: expected >= 1, got {self.max_steps_per_level}")
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """One registration's answer and path (parameters in mm / degrees / std-devs)."""
+
+    case_id: str
+    params: NDArray[np.float64]  # (n_params,) final parameters
+    error_mm: float  # final mean control-point error (NaN when the truth is unknown)
+    initial_error_mm: float
+    steps: int
+    seconds: float
+    trajectory_params: NDArray[np.float64]  # (T, n_params), start included
+    trajectory_errors_mm: NDArray[np.float64]  # (T,)
+    trajectory_levels: NDArray[np.int64]  # (T,)
+
+
+class AlignmentOracle:
+    """Greedy on the true error: Q(a) = the reward of action a (needs the pair's ground truth)."""
+
+    def __init__(self, world: AlignmentWorld) -> None:
+        self.world = world
+
+    def __call__(
+        self, observations: dict[str, NDArray], pair: AlignmentPair, params: NDArray, level: int
+    ) -> NDArray:
+        return self.world.candidate_rewards(pair, level, params)[np.newaxis]
+
+
+def align(
+    world: AlignmentWorld,
+    pair: AlignmentPair,
+    policy: Callable[..., NDArray],
+    start_params: NDArray | None = None,
+    config: AlignConfig = AlignConfig(),
+) -> Alignment:
+    """Greedy registration of one pair, coarse to fine, from ``start_params`` (default: the truth + 0).
+
+    ``policy(observations, pair, params, level)`` returns Q-values ``(1, n_actions)``; a
+    :class:`QNetworkPolicy` works as is (it reads only the observations).
+    """
+    began = time.perf_counter()
+    params = (
+        np.rint(np.asarray(start_params, np.float64) * UNIT).astype(np.int64)
+        if start_params is not None
+        else np.rint(pair.truth * UNIT).astype(np.int64)
+    )
+    if params.shape != (world.n_params,):
+        raise ValueError(f"align: start parameters must have {world.n_params} values, got {params.shape}")
+    level = 0
+    recent: list[tuple[int, ...]] = [tuple(int(v) for v in params)]
+    path_params, path_levels = [params.copy()], [0]
+    level_steps = 0
+    steps = 0
+    while True:
+        observation = world.observation(pair, level, params)
+        batch = {"patch": observation["patch"][np.newaxis], "level": np.array([level])}
+        q_values = np.asarray(policy(batch, pair, params, level), dtype=np.float64)
+        index, delta = world.action_delta(int(np.argmax(q_values[0])), level)
+        params = params.copy()
+        params[index] += delta
+        steps += 1
+        level_steps += 1
+        key = tuple(int(v) for v in params)
+        oscillating = key in recent[-config.oscillation_window :]
+        recent.append(key)
+        path_params.append(params.copy())
+        path_levels.append(level)
+        if oscillating or level_steps >= config.max_steps_per_level:
+            if level + 1 == world.n_levels:
+                break
+            level += 1
+            level_steps = 0
+            recent = [key]
+    trajectory = np.array(path_params)
+    errors = world.errors_mm(pair, trajectory)
+    return Alignment(
+        case_id=pair.case_id,
+        params=trajectory[-1] / UNIT,
+        error_mm=float(errors[-1]),
+        initial_error_mm=float(errors[0]),
+        steps=steps,
+        seconds=time.perf_counter() - began,
+        trajectory_params=trajectory / UNIT,
+        trajectory_errors_mm=errors,
+        trajectory_levels=np.array(path_levels, dtype=np.int64),
+    )
+
+
+def _as_volume(image: Any, role: str) -> Any:
+    from envs.volume import Volume
+
+    if isinstance(image, Volume):
+        return image
+    try:
+        import SimpleITK as sitk
+    except ImportError:  # pragma: no cover - SimpleITK is a dependency
+        sitk = None
+    if sitk is not None and isinstance(image, sitk.Image):
+        if image.GetDimension() != 3:
+            raise ValueError(
+                f"register: the {role} image is {image.GetDimension()}-D; expected two 3-D volumes "
+                "(fixed and moving of the same dimensionality)"
+            )
+        return Volume.from_sitk(image, name=role)
+    raise ValueError(f"register: the {role} image must be an envs.volume.Volume or a 3-D SimpleITK image")
+
+
+def register(
+    fixed: Any,
+    moving: Any,
+    policy: Callable[..., NDArray],
+    world: AlignmentWorld,
+    *,
+    initial: NDArray | Any | None = None,
+    preset: str = "ct",
+    moving_preset: str | None = None,
+    config: AlignConfig = AlignConfig(),
+) -> tuple[Any, Alignment]:
+    """Register ``moving`` to ``fixed`` with a trained agent; returns ``(answer, alignment)``.
+
+    For a rigid world the answer is a ``SimpleITK.Euler3DTransform`` mapping fixed points to
+    moving points (write it with :func:`envs.io.write_transform`; Slicer and SimpleITK read
+    it); for an SDM world it is the displacement field ``(z, y, x, 3)`` on the fixed grid
+    (``moving`` must be the world's atlas, or ``None``). ``initial`` is a SimpleITK transform
+    or rigid parameters to start from (default: identity).
+
+    Raises:
+        ValueError: images of other dimensionality, or a moving volume that does not overlap
+            the fixed volume's region of interest under the initial transform.
+    """
+    from envs.deformation import DeformableWorld
+
+    fixed = _as_volume(fixed, "fixed")
+    if isinstance(world, DeformableWorld):
+        if moving is not None and _as_volume(moving, "moving") is not world.atlas:
+            raise ValueError("register: an SDM agent warps its own atlas; pass moving=None or world.atlas")
+        pair = world.pair_from_volumes(fixed, preset=preset)
+        start = np.zeros(world.n_params) if initial is None else np.asarray(initial, np.float64)
+    else:
+        moving = _as_volume(moving, "moving")
+        pair = world.pair_from_volumes(fixed, moving, preset=preset, moving_preset=moving_preset)
+        if initial is None:
+            start = np.zeros(world.n_params)
+        elif isinstance(initial, np.ndarray | list | tuple):
+            start = np.asarray(initial, np.float64)
+        else:
+            from envs.registration import params_from_transform
+
+            start = params_from_transform(initial, pair.center_lps_mm)
+    first = world.render_moving(pair, 0, np.rint(start * UNIT).astype(np.int64))
+    if not first.any():
+        raise ValueError(
+            f"register: the moving volume does not overlap the fixed volume's region of interest under the "
+            f"initial transform (start parameters {np.round(start, 2).tolist()}); check both headers "
+            "(origin, direction) or pass an initial transform that brings them together"
+        )
+    result = align(world, pair, policy, start, config)
+    params_int = np.rint(result.params * UNIT).astype(np.int64)
+    if isinstance(world, DeformableWorld):
+        return world.sdm.field_on(fixed, result.params), result
+    return world.transform(pair, params_int), result  # type: ignore[attr-defined]
+
+
+def write_registration(
+    folder: str | Path,
+    fixed: Any,
+    moving: Any,
+    answer: Any,
+    alignment: Alignment,
+    *,
+    param_names: Sequence[str] = (),
+    labels: Any = None,
+) -> dict[str, Path]:
+    """Write a registration as files SimpleITK and 3D Slicer read; returns the paths by kind.
+
+    Rigid (``answer`` a SimpleITK transform): ``transform.tfm`` (fixed -> moving points, ITK's
+    convention: Slicer uses it to resample the moving volume onto the fixed one). SDM
+    (``answer`` a displacement field on the fixed grid): ``displacement.nii.gz``, a vector
+    volume Slicer loads as a transform. Both: ``warped.nii.gz`` (moving resampled on the fixed
+    grid), ``warped_labels.nii.gz`` when ``labels`` (the moving label map) is given, and
+    ``trajectory.csv`` (level, parameters and error per step).
+    """
+    import SimpleITK as sitk
+
+    from agents.runs import atomic_write_text
+    from envs import io
+    from envs.volume import Volume
+
+    out = Path(folder)
+    written: dict[str, Path] = {}
+    fixed_image = fixed.to_sitk()
+    if isinstance(answer, np.ndarray):
+        written["displacement"] = io.write_displacement_field(answer, fixed, out / "displacement.nii.gz")
+        field = sitk.GetImageFromArray(answer.astype(np.float64), isVector=True)
+        field.CopyInformation(fixed_image)
+        transform: Any = sitk.DisplacementFieldTransform(field)
+    else:
+        transform = answer
+        written["transform"] = io.write_transform(transform, out / "transform.tfm")
+    background = float(np.min(moving.voxels))
+    warped = sitk.Resample(
+        sitk.Cast(moving.to_sitk(), sitk.sitkFloat32), fixed_image, transform, sitk.sitkLinear, background
+    )
+    warped_volume = Volume.from_sitk(sitk.Cast(warped, moving.to_sitk().GetPixelID()), name="warped")
+    written["warped"] = io.write_volume(warped_volume, out / "warped.nii.gz")
+    if labels is not None:
+        warped_labels = sitk.Resample(labels.to_sitk(), fixed_image, transform, sitk.sitkNearestNeighbor, 0)
+        written["warped_labels"] = io.write_volume(
+            Volume.from_sitk(warped_labels, name="warped labels"), out / "warped_labels.nii.gz"
+        )
+    names = list(param_names) or [f"p{i}" for i in range(alignment.trajectory_params.shape[1])]
+    lines = [",".join(["step", "level", *names, "error_mm"])]
+    for step, (level, params, error) in enumerate(
+        zip(
+            alignment.trajectory_levels,
+            alignment.trajectory_params,
+            alignment.trajectory_errors_mm,
+            strict=True,
+        )
+    ):
+        lines.append(",".join([str(step), str(int(level)), *(f"{v:.3f}" for v in params), f"{error:.4f}"]))
+    written["trajectory"] = atomic_write_text(out / "trajectory.csv", "\n".join(lines) + "\n")
+    return written

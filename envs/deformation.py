@@ -513,16 +513,48 @@ class DeformableWorld(AlignmentWorld):
 
     def build_pair(self, subject: Subject, variant: int) -> AlignmentPair:
         volume = subject.volume
-        self.check_resolution(volume, f"case {subject.case.case_id!r}")
-        self.sdm.check_grid(volume, f"case {subject.case.case_id!r}")
-        preset = self.preset_for(subject)
+        case_id = subject.case.case_id
+        phantom = subject.extras.get("phantom")
+        if phantom is not None:
+            return self._make_pair(
+                case_id, volume, self.preset_for(subject), truth_field=phantom.displacement_lps_mm
+            )
+        names = [n for n in subject.landmarks if n in self.atlas_landmarks]
+        if len(names) < 3:
+            raise ValueError(
+                f"case {case_id!r}: deformable ground truth needs a phantom's field or >= 3 "
+                f"landmarks shared with the atlas; found {len(names)}"
+            )
+        points = np.stack([subject.landmarks[n] for n in names])
+        atlas_points = np.stack([self.atlas_landmarks[n] for n in names])
+        return self._make_pair(case_id, volume, self.preset_for(subject), points, atlas_points)
+
+    def pair_from_volumes(
+        self,
+        fixed: Volume,
+        fixed_points: NDArray | None = None,
+        atlas_points: NDArray | None = None,
+        preset: str = "ct",
+    ) -> AlignmentPair:
+        """A pair of a new fixed volume and the atlas (test-time registration); error NaN without points."""
+        return self._make_pair(fixed.name or "fixed", fixed, preset, fixed_points, atlas_points)
+
+    def _make_pair(
+        self,
+        case_id: str,
+        volume: Volume,
+        preset: str,
+        points: NDArray | None = None,
+        moving_points: NDArray | None = None,
+        truth_field: NDArray | None = None,
+    ) -> AlignmentPair:
+        self.check_resolution(volume, f"case {case_id!r}")
+        self.sdm.check_grid(volume, f"case {case_id!r}")
         fixed = build_pyramid(volume, self.levels_mm, preset)
         moving = self.atlas_pyramid(preset)
         center = _body_centre(fixed.levels[0])
-        phantom = subject.extras.get("phantom")
-        if phantom is not None:
+        if truth_field is not None:
             points = _control_points(fixed.levels[0], self.control_spacing_mm)
-            truth_field = phantom.displacement_lps_mm
             index = np.moveaxis(volume.lps_to_index(points)[..., ::-1], -1, 0)
             displacement = np.stack(
                 [
@@ -532,40 +564,27 @@ class DeformableWorld(AlignmentWorld):
                 axis=-1,
             )
             moving_points = points + displacement
-        else:
-            names = [n for n in subject.landmarks if n in self.atlas_landmarks]
-            if len(names) < 3:
-                raise ValueError(
-                    f"case {subject.case.case_id!r}: deformable ground truth needs a phantom's field or >= 3 "
-                    f"landmarks shared with the atlas; found {len(names)}"
-                )
-            points = np.stack([subject.landmarks[n] for n in names])
-            moving_points = np.stack([self.atlas_landmarks[n] for n in names])
+        elif points is None or moving_points is None:
+            points = _control_points(fixed.levels[0], self.control_spacing_mm)
+            moving_points = np.full_like(points, np.nan)
+        points = np.asarray(points, np.float64).reshape(-1, 3)
+        moving_points = np.asarray(moving_points, np.float64).reshape(-1, 3)
         mean, modes = self.sdm.basis_at(points)
-        truth = self.sdm.project(points, moving_points - points)
+        known = ~np.isnan(moving_points[:, 0])
+        truth = (
+            self.sdm.project(points[known], moving_points[known] - points[known])
+            if known.sum() >= 1
+            else np.zeros(self.n_params)
+        )
         origins, patches = self.observation_grids(fixed, center)
         basis = []
         for level in range(self.n_levels):
-            grid_points = _grid_points(origins[level], self.obs_size, self.levels_mm[level])
-            grid_mean, grid_modes = self.sdm.basis_at(grid_points.reshape(-1, 3))
-            basis.append(
-                (
-                    (grid_points.reshape(-1, 3) + grid_mean).astype(np.float32),
-                    grid_modes.astype(np.float32),
-                )
-            )
+            grid_points = _grid_points(origins[level], self.obs_size, self.levels_mm[level]).reshape(-1, 3)
+            grid_mean, grid_modes = self.sdm.basis_at(grid_points)
+            basis.append(((grid_points + grid_mean).astype(np.float32), grid_modes.astype(np.float32)))
         extras = {"mean_at_control": mean, "modes_at_control": modes, "grid_basis": tuple(basis)}
         return AlignmentPair(
-            subject.case.case_id,
-            fixed,
-            moving,
-            center,
-            origins,
-            patches,
-            points,
-            moving_points,
-            truth,
-            extras,
+            case_id, fixed, moving, center, origins, patches, points, moving_points, truth, extras
         )
 
     def render_moving(self, pair: AlignmentPair, level: int, params: NDArray[np.int64]) -> NDArray[np.uint8]:
@@ -586,6 +605,9 @@ class DeformableWorld(AlignmentWorld):
         displaced = pair.control_fixed_lps_mm + mean  # (n, 3)
         mapped = displaced[np.newaxis] + np.einsum("bk,knc->bnc", rows, modes)
         return np.mean(np.linalg.norm(mapped - pair.control_moving_lps_mm[np.newaxis], axis=2), axis=1)
+
+    def reward_scale(self, level: int) -> float:
+        return float(self.steps_int[level, 0]) / UNIT * float(self.sdm.std_mm[0])
 
     def start_params(self, pair: AlignmentPair, level: int, rng: np.random.Generator) -> NDArray[np.int64]:
         if level == 0:
@@ -662,10 +684,6 @@ class DeformableRegistrationEnv(AlignmentEnv):
             dataset = Dataset.from_manifest(dataset)
         world = DeformableWorld(dataset, split, sdm, atlas, atlas_labels, atlas_landmarks, **world_kwargs)
         super().__init__(world, schedule, tre_threshold_mm, render_mode)
-
-    def _step_scale(self) -> float:
-        world: DeformableWorld = self.world  # type: ignore[assignment]
-        return float(world.steps_int[self._level, 0]) / UNIT * float(world.sdm.std_mm[0])
 
 
 _DEFAULT_SDM: StatisticalDeformationModel | None = None

@@ -80,6 +80,7 @@ __all__ = [
     "read_landmarks",
     "read_transform",
     "read_volume",
+    "write_displacement_field",
     "write_landmarks",
     "write_transform",
     "write_volume",
@@ -969,6 +970,34 @@ def _format_mrk_json(rows: list[tuple[str, list[float]]], system: str) -> str:
         ],
     }
     return json.dumps(document, indent=4) + "\n"
+
+
+def write_displacement_field(displacement_lps_mm: NDArray, grid: Volume, path: str | Path) -> Path:
+    """Write a displacement field ``(z, y, x, 3)`` (LPS mm, on ``grid``'s voxels) as a vector volume.
+
+    A point ``p`` of the grid maps to ``p + u(p)`` (ITK's displacement-field convention): 3D Slicer
+    loads such a ``.nii.gz``/``.nrrd`` as a transform, SimpleITK as a
+    ``DisplacementFieldTransform``. Written atomically.
+    """
+    path = Path(path)
+    suffix = _require_suffix(path, VOLUME_SUFFIXES, "displacement field")
+    field = np.asarray(displacement_lps_mm, dtype=np.float64)
+    if field.shape != (*grid.shape_zyx, 3):
+        raise ValueError(
+            f"{path}: displacement field of shape {field.shape} does not fit the grid {grid.shape_zyx}; "
+            "expected (z, y, x, 3)"
+        )
+    image = sitk.GetImageFromArray(field, isVector=True)
+    image.SetSpacing(grid.spacing_xyz_mm.tolist())
+    image.SetOrigin(grid.origin_lps_mm.tolist())
+    image.SetDirection(grid.direction.reshape(-1).tolist())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _atomic_target(path, suffix) as temporary:
+            sitk.WriteImage(image, str(temporary), True)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: SimpleITK could not write the field ({_itk_reason(error)})") from None
+    return path
 
 
 # ====================================================================== transforms

@@ -377,6 +377,19 @@ class AlignmentWorld:
     def start_params(self, pair: AlignmentPair, level: int, rng: np.random.Generator) -> NDArray[np.int64]:
         raise NotImplementedError
 
+    def reward_scale(self, level: int) -> float:
+        """Error change (mm) that one step makes at most, roughly: rewards are about [-1, 1]."""
+        raise NotImplementedError
+
+    def candidate_rewards(self, pair: AlignmentPair, level: int, params: NDArray[np.int64]) -> NDArray:
+        """The reward of every action from ``params`` at ``level`` (``(n_actions,)``), from the truth."""
+        candidates = np.repeat(np.asarray(params, np.int64)[np.newaxis], self.n_actions, axis=0)
+        for action in range(self.n_actions):
+            index, delta = self.action_delta(action, level)
+            candidates[action, index] += delta
+        before = self.errors_mm(pair, params)[0]
+        return (before - self.errors_mm(pair, candidates)) / self.reward_scale(level)
+
     def describe(self, params: NDArray[np.int64]) -> dict[str, float]:
         return {name: float(v) / UNIT for name, v in zip(self.param_names, params, strict=True)}
 
@@ -598,6 +611,54 @@ class RigidWorld(AlignmentWorld):
         offset = np.concatenate([rng.uniform(-mm, mm, 3), rng.uniform(-deg, deg, 3)])
         return np.rint((pair.truth + offset) * UNIT).astype(np.int64)
 
+    def reward_scale(self, level: int) -> float:
+        return float(self.steps_int[level, 0]) / UNIT
+
+    def pair_from_volumes(
+        self,
+        fixed: Volume,
+        moving: Volume,
+        fixed_points: NDArray | None = None,
+        moving_points: NDArray | None = None,
+        preset: str = "ct",
+        moving_preset: str | None = None,
+    ) -> AlignmentPair:
+        """A pair of two volumes outside any dataset (test-time registration).
+
+        Control points with known correspondences give the error; without them the error is NaN
+        and the truth is unknown (the identity parameters stand in for it).
+        """
+        self.check_resolution(fixed, "the fixed volume")
+        self.check_resolution(moving, "the moving volume")
+        fixed_pyramid = build_pyramid(fixed, self.levels_mm, preset)
+        moving_pyramid = build_pyramid(moving, self.levels_mm, moving_preset or preset)
+        center = _body_centre(fixed_pyramid.levels[0])
+        if fixed_points is None or moving_points is None:
+            fixed_points = _control_points(fixed_pyramid.levels[0], self.control_spacing_mm)
+            moving_points = np.full_like(fixed_points, np.nan)
+            truth = np.zeros(6)
+        else:
+            fixed_points = np.asarray(fixed_points, np.float64).reshape(-1, 3)
+            moving_points = np.asarray(moving_points, np.float64).reshape(-1, 3)
+            if len(fixed_points) != len(moving_points) or len(fixed_points) < 3:
+                raise ValueError(
+                    f"control points: expected >= 3 matching fixed/moving points, got "
+                    f"{len(fixed_points)} and {len(moving_points)}"
+                )
+            truth, _ = rigid_fit(fixed_points, moving_points, center)
+        origins, patches = self.observation_grids(fixed_pyramid, center)
+        return AlignmentPair(
+            fixed.name or "fixed",
+            fixed_pyramid,
+            moving_pyramid,
+            center,
+            origins,
+            patches,
+            fixed_points,
+            moving_points,
+            truth,
+        )
+
     def transform(self, pair: AlignmentPair, params: NDArray[np.int64]) -> sitk.Euler3DTransform:
         """The SimpleITK transform (fixed -> moving points) of integer parameters."""
         return euler_transform(np.asarray(params, dtype=np.float64) / UNIT, pair.center_lps_mm)
@@ -669,6 +730,19 @@ class AlignmentEnv(gym.Env):
         self._recent: deque[tuple[int, ...]] = deque(maxlen=4)
         self._trajectory: list[float] = []
 
+    @classmethod
+    def from_world(
+        cls,
+        world: AlignmentWorld,
+        schedule: str = "random",
+        tre_threshold_mm: float = 1.0,
+        render_mode: str | None = None,
+    ) -> AlignmentEnv:
+        """An env of this class on an existing world (shares its pairs: one cache for many envs)."""
+        env = cls.__new__(cls)
+        AlignmentEnv.__init__(env, world, schedule, tre_threshold_mm, render_mode)
+        return env
+
     # ------------------------------------------------------------------ helpers for users
     @property
     def levels_mm(self) -> tuple[float, ...]:
@@ -738,8 +812,7 @@ class AlignmentEnv(gym.Env):
         params[index] += delta
         before = self._error
         self._set_params(params)
-        step_mm = self._step_scale()
-        reward = (before - self._error) / step_mm
+        reward = (before - self._error) / self.world.reward_scale(self._level)
         key = tuple(int(v) for v in params)
         oscillating = key in self._recent
         self._recent.append(key)
@@ -768,10 +841,6 @@ class AlignmentEnv(gym.Env):
         return overlay_slices(observation[0], observation[1])
 
     # ------------------------------------------------------------------ internals
-    def _step_scale(self) -> float:
-        """Error change (mm) that one step makes at most, roughly: rewards are in about [-1, 1]."""
-        raise NotImplementedError
-
     def _set_params(self, params: NDArray[np.int64]) -> None:
         assert self._pair is not None
         self._params = np.asarray(params, dtype=np.int64)
@@ -857,9 +926,6 @@ class RigidRegistrationEnv(AlignmentEnv):
         elif not isinstance(dataset, Dataset):
             dataset = Dataset.from_manifest(dataset)
         super().__init__(RigidWorld(dataset, split, **world_kwargs), schedule, tre_threshold_mm, render_mode)
-
-    def _step_scale(self) -> float:
-        return float(self.world.steps_int[self._level, 0]) / UNIT
 
     def transform(self) -> sitk.Euler3DTransform:
         """The current transform (fixed -> moving points) as a SimpleITK transform."""
