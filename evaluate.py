@@ -1,4 +1,9 @@
-"""Evaluate landmark-detection runs in millimetres on held-out volumes.
+"""Evaluate landmark-detection and registration runs in millimetres on held-out volumes.
+
+    python evaluate.py runs/rigid_phantom-... [--baseline sitk --baseline elastix]
+        [--misalignments 15 30 45 60] [--trials 20] [--conditions mono multimodal partial]
+    python evaluate.py runs/sdm_phantom-... [--baseline sitk]
+    python evaluate.py RUN --register fixed.nii.gz moving.nrrd --out registered/
 
     python evaluate.py runs/landmark_phantom-20261125-101500 [more runs ...]
         [--data MANIFEST] [--split test] [--baseline atlas] [--gif] [--out DIR]
@@ -416,11 +421,43 @@ def _summarise_runs(per_run: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate medgym landmark runs in mm on held-out volumes.")
+    parser = argparse.ArgumentParser(description="Evaluate medgym runs in mm on held-out volumes.")
     parser.add_argument("runs", nargs="+", type=Path, help="run folder(s) made by train.py")
     parser.add_argument("--data", type=Path, help="manifest to evaluate on (default: the run's own data)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--baseline", choices=("atlas",), help="also run the atlas-registration baseline")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        choices=("atlas", "sitk", "sitk-presearch", "elastix"),
+        help="also run a baseline: atlas (landmark task); sitk, sitk-presearch, elastix (rigid: "
+        "SimpleITK VersorRigid3D + Mattes MI, optionally after an exhaustive rotation search, or "
+        "elastix); sitk (sdm: SimpleITK B-spline). Repeat for several",
+    )
+    parser.add_argument(
+        "--misalignments",
+        type=float,
+        nargs="+",
+        default=[15.0, 30.0, 45.0, 60.0],
+        metavar="X",
+        help="rigid: initial misalignments, uniform +-X mm and +-X deg per parameter",
+    )
+    parser.add_argument("--trials", type=int, default=20, help="rigid: registrations per setting")
+    parser.add_argument(
+        "--conditions",
+        nargs="+",
+        default=["mono", "multimodal", "partial"],
+        choices=("mono", "multimodal", "partial"),
+        help="rigid: moved copy as is, re-contrasted, or cropped to a 40-70%% slab",
+    )
+    parser.add_argument("--png", type=int, default=3, help="registration tasks: before/after PNGs to write")
+    parser.add_argument(
+        "--register",
+        nargs="+",
+        type=Path,
+        metavar="VOLUME",
+        help="registration tasks: register MOVING to FIXED (rigid: two files; sdm: the fixed only) and "
+        "write the transform, warped volume and trajectory to --out",
+    )
     parser.add_argument(
         "--atlases",
         type=int,
@@ -448,6 +485,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     runs = [open_run(path) for path in args.runs]
+    if any(run.experiment.task != "landmark" for run in runs):
+        if len(runs) != 1:
+            raise ValueError("registration runs are evaluated one at a time; pass one run folder")
+        return _run_alignment(args, runs[0])
+    if args.baseline and any(b != "atlas" for b in args.baseline):
+        raise ValueError("--baseline: the landmark task offers 'atlas' only")
+    args.baseline = "atlas" if args.baseline else None
     for run in runs:
         run.landmark_names()
         run.policy_path()
@@ -500,6 +544,133 @@ def _run(args: argparse.Namespace) -> int:
                 f"{method}: median {med['mean']:.2f} ± {med['std']:.2f} mm, p95 {p95['mean']:.2f} ± "
                 f"{p95['std']:.2f} mm"
             )
+    return 0
+
+
+def _run_alignment(args: argparse.Namespace, run: Run) -> int:
+    """Registration runs: TRE before/after, success, time, Dice; baselines side by side."""
+    from agents.alignment import (
+        evaluate_rigid,
+        evaluate_sdm,
+        make_alignment_world,
+        markdown_table,
+        overlay_png,
+        plot_success,
+        prepare_sdm,
+    )
+    from agents.config import RigidExperiment
+
+    experiment = run.experiment
+    if args.trials < 1:
+        raise ValueError(f"--trials: expected >= 1, got {args.trials}")
+    if any(not 0 <= m <= 180 for m in args.misalignments):
+        raise ValueError(
+            f"--misalignments: expected values in 0..180 (mm and degrees), got {args.misalignments}"
+        )
+    baselines = [b for b in (args.baseline or []) if b]
+    if "atlas" in baselines:
+        raise ValueError("--baseline atlas is for landmark runs; use sitk, sitk-presearch or elastix")
+    if "elastix" in baselines:
+        import importlib.util
+
+        if importlib.util.find_spec("itk") is None:
+            raise ValueError(
+                "--baseline elastix: the itk-elastix package is not installed; "
+                "pip install itk-elastix==0.25.4"
+            )
+    policy_path = run.policy_path()
+    dataset = _dataset_for(run, args.data)
+    bundle = (
+        None
+        if isinstance(experiment, RigidExperiment)
+        else prepare_sdm(experiment, dataset, run.path / "sdm.npz")
+    )
+    if args.register:
+        return _register_files(args, run, experiment, policy_path, dataset, bundle)
+    if not dataset.split(args.split):
+        raise ValueError(
+            f"{dataset.source}: split {args.split!r} has no cases; choose --split train/val/test"
+        )
+    world = make_alignment_world(experiment, dataset, args.split, training=False, bundle=bundle)
+    from gymnasium import spaces
+
+    policy = load_policy(policy_path, (world.observation_space(), spaces.Discrete(world.n_actions)))
+    out = args.out or run.path / f"eval-{args.split}"
+    out.mkdir(parents=True, exist_ok=True)
+    pictures: list[Path] = []
+
+    def on_result(condition: str, world: Any, pair: Any, result: Any) -> None:
+        if len(pictures) < args.png:
+            pictures.append(
+                overlay_png(world, pair, result, out / f"overlay_{condition}_{len(pictures)}.png")
+            )
+
+    began = time.perf_counter()
+    if isinstance(experiment, RigidExperiment):
+        metrics, rows = evaluate_rigid(
+            experiment,
+            policy,
+            dataset,
+            args.split,
+            misalignments=args.misalignments,
+            trials=args.trials,
+            conditions=args.conditions,
+            baselines=baselines,
+            on_result=on_result,
+        )
+    else:
+        metrics, rows = evaluate_sdm(
+            experiment, policy, dataset, args.split, bundle, baselines=baselines, on_result=on_result
+        )
+    _write_csv(out / "registrations.csv", rows)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    table = markdown_table(metrics, f"{run.path.name}: split {args.split} ({dataset.source})")
+    atomic_write_text(out / "metrics.md", table)
+    plot = plot_success(metrics, out / "success_vs_misalignment.png")
+    print(table)
+    written = ["metrics.json", "registrations.csv", "metrics.md"] + ([plot.name] if plot else [])
+    written += [p.name for p in pictures]
+    print(f"evaluate.py: {time.perf_counter() - began:.0f} s; wrote {out}/ {', '.join(written)}")
+    return 0
+
+
+def _register_files(
+    args: argparse.Namespace, run: Run, experiment: Any, policy_path: Path, dataset: Dataset, bundle: Any
+) -> int:
+    from gymnasium import spaces
+
+    from agents.alignment import make_alignment_world
+    from agents.config import RigidExperiment
+    from agents.search import register, write_registration
+
+    world = make_alignment_world(experiment, dataset, "train", training=False, bundle=bundle)
+    policy = QNetworkPolicy(
+        load_policy(policy_path, (world.observation_space(), spaces.Discrete(world.n_actions)))
+    )
+    rigid = isinstance(experiment, RigidExperiment)
+    expected = 2 if rigid else 1
+    if len(args.register) != expected:
+        raise ValueError(
+            f"--register: expected {'FIXED MOVING' if rigid else 'FIXED'} ({expected} file(s)), "
+            f"got {len(args.register)}"
+        )
+    fixed = io.read_volume(args.register[0])
+    moving = io.read_volume(args.register[1]) if rigid else None
+    answer, result = register(fixed, moving, policy, world)
+    out = args.out or run.path / "registrations" / _stem(args.register[0])
+    written = write_registration(
+        out,
+        fixed,
+        moving if rigid else world.atlas,
+        answer,
+        result,
+        param_names=world.param_names,
+        labels=None if rigid else world.atlas_labels,
+    )
+    print(
+        f"evaluate.py: registered in {result.seconds:.2f} s ({result.steps} steps); "
+        f"wrote {', '.join(str(p) for p in written.values())}"
+    )
     return 0
 
 

@@ -62,6 +62,17 @@ def prepare_dataset(experiment: Experiment) -> Dataset:
 
     spec = data.phantoms
     assert spec is not None  # LandmarkExperiment checks that one of the two is set
+    if isinstance(experiment, SdmExperiment):
+        # In memory (generated on first use): the SDM task scores against each phantom's true
+        # displacement field, which the files on disk do not carry.
+        from envs.deformation import shape_only_config
+
+        config = PhantomConfig(spacing_mm=spec.spacing_mm)
+        if spec.shape_only:
+            config = shape_only_config(config)
+        return Dataset.phantoms(
+            spec.n_train, spec.n_val, spec.n_test, seed=spec.seed, config=config, cache_bytes=cache_bytes
+        )
     folder = Path(spec.cache_dir) / (
         f"n{spec.n_train}-{spec.n_val}-{spec.n_test}_seed{spec.seed}_{spec.spacing_mm:g}mm"
         + ("_partial" if spec.partial_fov else "")
@@ -137,7 +148,7 @@ class TrainingMonitor(BaseCallback):
 
     ``validator(policy)`` returns the validation metrics (with ``median_mm``), ``score(metrics)``
     a tuple where lower is better. Works as an SB3 callback, or driven by hand (the greedy
-    registration learner) through :meth:`init_callback` and :meth:`on_step`.
+    registration learner) through :meth:`init_callback` and :meth:`advance`.
     """
 
     def __init__(
@@ -210,7 +221,7 @@ class TrainingMonitor(BaseCallback):
         self._write_state()
         return self.evals_without_gain < self.experiment.train.patience
 
-    def on_step(self, num_timesteps: int) -> bool:
+    def advance(self, num_timesteps: int) -> bool:
         """Drive the monitor by hand (no SB3 model): returns False when training should stop."""
         self.num_timesteps = num_timesteps
         return self._on_step()
@@ -495,7 +506,7 @@ def _learn_alignment(
                     logger.dump(steps)
                     bar.set_postfix(loss=f"{loss:.4f}")
                 model.num_timesteps = steps
-                if not monitor.on_step(steps):
+                if not monitor.advance(steps):
                     break
         monitor._on_training_end()
         num_timesteps = steps

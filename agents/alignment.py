@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agents.config import RigidExperiment, SdmExperiment
-from agents.search import Alignment, QNetworkPolicy, align
+from agents.search import Alignment, AlignmentOracle, QNetworkPolicy, align
 from envs import io
 from envs.dataset import Dataset
 from envs.deformation import (
@@ -325,3 +325,284 @@ def sdm_dice(
         world.atlas_labels.voxels, np.moveaxis(index, -1, 0), order=0, mode="constant", cval=0
     )
     return dice_scores(sub, warped, phantom_structures())
+
+
+CONDITIONS = ("mono", "multimodal", "partial")
+RIGID_BASELINES = ("sitk", "sitk-presearch", "elastix")
+
+
+def _condition_world(experiment: RigidExperiment, dataset: Dataset, split: str, condition: str) -> RigidWorld:
+    contrast = "multimodal" if condition == "multimodal" else "same"
+    partial = 1.0 if condition == "partial" else 0.0
+    world = make_alignment_world(
+        experiment,
+        dataset,
+        split,
+        training=False,
+        contrast=contrast,
+        partial_fov=partial,
+        variants_per_case=2,
+    )
+    assert isinstance(world, RigidWorld)
+    return world
+
+
+def evaluate_rigid(
+    experiment: RigidExperiment,
+    policy: Any,
+    dataset: Dataset,
+    split: str,
+    *,
+    misalignments: Sequence[float] = (15.0, 30.0, 45.0, 60.0),
+    trials: int = 20,
+    conditions: Sequence[str] = CONDITIONS,
+    baselines: Sequence[str] = (),
+    oracle: bool = True,
+    progress: bool = True,
+    on_result: Callable[[str, AlignmentWorld, AlignmentPair, Alignment], None] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Agent (and oracle, baselines) on ``trials`` pairs per condition and misalignment (mm = deg).
+
+    Every method starts from the same misaligned transform of the same pair. Conditions:
+    ``mono`` (a moved, re-noised copy), ``multimodal`` (moved copy re-contrasted by a
+    non-monotonic map), ``partial`` (moved copy cropped to a 40-70 % slab).
+    """
+    from tqdm import tqdm
+
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown:
+        raise ValueError(f"conditions: unknown {unknown}; expected some of {list(CONDITIONS)}")
+    unknown = [b for b in baselines if b not in RIGID_BASELINES]
+    if unknown:
+        raise ValueError(f"baselines: unknown {unknown}; expected some of {list(RIGID_BASELINES)}")
+    q_policy = QNetworkPolicy(policy)
+    outcomes: list[PairOutcome] = []
+    jobs = [(c, float(m)) for c in conditions for m in misalignments]
+    bar = tqdm(total=len(jobs) * trials, desc="registrations", unit="pair", disable=not progress)
+    for condition, misalignment in jobs:
+        world = _condition_world(experiment, dataset, split, condition)
+        seed = 7919 * int(misalignment) + CONDITIONS.index(condition)
+        for pair, start in rigid_pairs(world, trials, misalignment, seed):
+            outcome, result = agent_outcome(
+                "agent", world, pair, start, q_policy, experiment, condition, misalignment
+            )
+            outcomes.append(outcome)
+            if on_result is not None:
+                on_result(condition, world, pair, result)
+            if oracle:
+                outcomes.append(
+                    agent_outcome(
+                        "oracle",
+                        world,
+                        pair,
+                        start,
+                        AlignmentOracle(world),
+                        experiment,
+                        condition,
+                        misalignment,
+                    )[0]
+                )
+            for method in baselines:
+                outcomes.append(rigid_baseline_outcome(method, world, pair, start, condition, misalignment))
+            bar.update(1)
+    bar.close()
+    rows = [outcome.row() for outcome in outcomes]
+    return metrics_from_outcomes(outcomes), rows
+
+
+def metrics_from_outcomes(outcomes: Sequence[PairOutcome]) -> dict[str, Any]:
+    """``method -> condition -> misalignment -> summary`` (before / after TRE, success, time, Dice)."""
+    groups: dict[tuple[str, str, float], list[PairOutcome]] = {}
+    for outcome in outcomes:
+        groups.setdefault((outcome.method, outcome.condition, outcome.misalignment), []).append(outcome)
+    metrics: dict[str, Any] = {}
+    for (method, condition, misalignment), group in groups.items():
+        after = summarise_errors([o.after_mm for o in group], [o.seconds for o in group])
+        before = summarise_errors([o.before_mm for o in group])
+        entry: dict[str, Any] = {
+            **after,
+            "before_mean_mm": before["mean_mm"],
+            "before_median_mm": before["median_mm"],
+            "before_p95_mm": before["p95_mm"],
+            "mean_steps": float(np.mean([o.steps for o in group])),
+        }
+        dice = [o.dice for o in group if o.dice]
+        if dice:
+            for name in dice[0]:
+                entry[f"dice_{name}"] = float(np.nanmean([d[name] for d in dice]))
+            entry["dice_mean"] = float(np.nanmean([np.nanmean(list(d.values())) for d in dice]))
+        metrics.setdefault(method, {}).setdefault(condition, {})[f"{misalignment:g}"] = entry
+    return metrics
+
+
+def evaluate_sdm(
+    experiment: SdmExperiment,
+    policy: Any,
+    dataset: Dataset,
+    split: str,
+    bundle: SdmBundle,
+    *,
+    baselines: Sequence[str] = (),
+    oracle: bool = True,
+    progress: bool = True,
+    on_result: Callable[[str, AlignmentWorld, AlignmentPair, Alignment], None] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Agent (oracle, B-spline baseline) from the mean shape on every case: error, Dice, time."""
+    from tqdm import tqdm
+
+    unknown = [b for b in baselines if b != "sitk"]
+    if unknown:
+        raise ValueError(f"baselines: unknown {unknown} for the sdm task; expected 'sitk' (B-spline)")
+    world = make_alignment_world(experiment, dataset, split, training=False, bundle=bundle)
+    assert isinstance(world, DeformableWorld)
+    q_policy = QNetworkPolicy(policy)
+    outcomes: list[PairOutcome] = []
+    zeros = np.zeros(world.n_params)
+    for index in tqdm(range(world.n_variants), desc="registrations", unit="case", disable=not progress):
+        pair = world.pair(index)
+        case = world.cases[int(world.variant_table[index][0])]
+        subject = dataset.load(case)
+        labels = subject.labels
+        methods: list[tuple[str, Callable[..., NDArray]]] = [("agent", q_policy)]
+        if oracle:
+            methods.append(("oracle", AlignmentOracle(world)))
+        for method, fn in methods:
+            outcome, result = agent_outcome(method, world, pair, zeros, fn, experiment, "sdm", 0.0)
+            if labels is not None:
+                outcome = PairOutcome(**{**outcome.__dict__, "dice": sdm_dice(world, labels, result.params)})
+            outcomes.append(outcome)
+            if method == "agent":
+                if labels is not None:
+                    outcomes.append(
+                        PairOutcome(
+                            "mean shape",
+                            pair.case_id,
+                            "sdm",
+                            0.0,
+                            result.initial_error_mm,
+                            result.initial_error_mm,
+                            0.0,
+                            0,
+                            sdm_dice(world, labels, zeros),
+                        )
+                    )
+                if on_result is not None:
+                    on_result("sdm", world, pair, result)
+        if "sitk" in baselines:
+            outcomes.append(_bspline_outcome(world, pair, subject.volume, labels))
+    rows = [outcome.row() for outcome in outcomes]
+    return metrics_from_outcomes(outcomes), rows
+
+
+def _bspline_outcome(
+    world: DeformableWorld, pair: AlignmentPair, fixed: Volume, labels: Volume | None
+) -> PairOutcome:
+    from scipy import ndimage
+
+    from agents.baselines import bspline_baseline
+
+    began = time.perf_counter()
+    result = bspline_baseline(fixed, world.atlas)
+    seconds = time.perf_counter() - began
+    field = result.displacement_lps_mm
+    assert field is not None
+    index = np.moveaxis(fixed.lps_to_index(pair.control_fixed_lps_mm)[..., ::-1], -1, 0)
+    displacement = np.stack(
+        [ndimage.map_coordinates(field[..., c], index, order=1, mode="nearest") for c in range(3)], axis=-1
+    )
+    mapped = pair.control_fixed_lps_mm + displacement
+    after = float(np.mean(np.linalg.norm(mapped - pair.control_moving_lps_mm, axis=1)))
+    before = float(world.errors_mm(pair, np.zeros(world.n_params, np.int64))[0])
+    dice = sdm_dice(world, labels, None, field) if labels is not None else None
+    return PairOutcome("sitk-bspline", pair.case_id, "sdm", 0.0, before, after, seconds, 0, dice)
+
+
+def markdown_table(metrics: dict[str, Any], title: str) -> str:
+    """A Markdown table: one row per method, condition and misalignment."""
+    lines = [
+        f"### {title}",
+        "",
+        "| method | condition | misalignment (mm, deg) | n | TRE before mean (mm) | TRE after mean "
+        "| median | p95 | success (<2 mm) | median time (s) | Dice |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, conditions in metrics.items():
+        for condition, by_misalignment in conditions.items():
+            for misalignment, m in by_misalignment.items():
+                dice = f"{m['dice_mean']:.3f}" if "dice_mean" in m else ""
+                lines.append(
+                    f"| {method} | {condition} | {misalignment} | {m['n']} | {m['before_mean_mm']:.2f} | "
+                    f"{m['mean_mm']:.2f} | {m['median_mm']:.2f} | {m['p95_mm']:.2f} | "
+                    f"{m['success_rate']:.0%} | {m['median_s']:.3f} | {dice} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def plot_success(metrics: dict[str, Any], path: Path) -> Path | None:
+    """Success rate against misalignment, one line per method and condition (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    drawn = False
+    for method, conditions in metrics.items():
+        for condition, by_misalignment in conditions.items():
+            keys = sorted(by_misalignment, key=float)
+            if len(keys) < 2:
+                continue
+            ax.plot(
+                [float(k) for k in keys],
+                [100 * by_misalignment[k]["success_rate"] for k in keys],
+                marker="o",
+                label=f"{method} ({condition})",
+            )
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("initial misalignment per parameter (+- mm and deg)")
+    ax.set_ylabel("success rate (mean TRE < 2 mm), %")
+    ax.set_ylim(-5, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def overlay_png(world: AlignmentWorld, pair: AlignmentPair, result: Alignment, path: Path) -> Path:
+    """Before / after on the coarsest level's grid (the whole body): checkerboards (top) and
+    green (fixed) / magenta (moving) overlays (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from envs.render import checkerboard_slices, overlay_slices
+
+    coarsest = 0
+    panels = []
+    for params in (result.trajectory_params[0], result.trajectory_params[-1]):
+        observation = world.observation(pair, coarsest, np.rint(params * UNIT).astype(np.int64))["patch"]
+        panels.append((checkerboard_slices(observation[0], observation[1]), overlay_slices(*observation)))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 4.6))
+    titles = (
+        f"before: TRE {result.initial_error_mm:.1f} mm",
+        f"after {result.steps} steps: TRE {result.error_mm:.2f} mm",
+    )
+    for column, ((board, overlay), title) in enumerate(zip(panels, titles, strict=True)):
+        axes[0, column].imshow(board)
+        axes[0, column].set_title(title, fontsize=9)
+        axes[1, column].imshow(overlay)
+        for row in range(2):
+            axes[row, column].axis("off")
+    fig.suptitle(f"{pair.case_id}: axial, coronal, sagittal at {world.levels_mm[coarsest]:g} mm", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -43,6 +43,60 @@ __all__ = [
 # Fewer voxels than this along an axis cannot hold a 3-D structure through a [4, 2, 1]
 # pyramid (and Mattes' B-spline Parzen window); such input is a 2-D slice stored as 3-D.
 _MIN_VOXELS_PER_AXIS = 4
+_INITIALIZERS = ("moments", "geometry", "none")
+
+
+# ---------------------------------------------------------------------- config checks (shared)
+def _check_pyramid(owner: str, shrinks: Sequence[int], sigmas: Sequence[float], what: str = "") -> None:
+    if len(shrinks) == 0 or any(int(f) < 1 for f in shrinks):
+        raise ValueError(f"{owner}: {what}shrink_factors must be >= 1, got {shrinks}")
+    if len(sigmas) != len(shrinks) or any(s < 0 for s in sigmas):
+        raise ValueError(
+            f"{owner}: {what}smoothing_sigmas_mm needs one value >= 0 per level "
+            f"({len(shrinks)}), got {sigmas}"
+        )
+
+
+def _fractions_given(fraction: float | Sequence[float], levels: int) -> tuple[float, ...]:
+    if isinstance(fraction, (int, float)):
+        return (float(fraction),) * levels
+    return tuple(float(f) for f in fraction)
+
+
+def _check_fractions(owner: str, fraction: float | Sequence[float], levels: int) -> None:
+    fractions = _fractions_given(fraction, levels)
+    if len(fractions) != levels or not all(0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(
+            f"{owner}: sampling_fraction must be in (0, 1], one value or one per level "
+            f"({levels}), got {fraction}"
+        )
+
+
+def _sampling_fractions(
+    size_xyz: Sequence[int],
+    shrinks: Sequence[int],
+    fraction: float | Sequence[float] | None,
+    metric_samples: int,
+) -> tuple[float, ...]:
+    """Per-level sampling fractions: the given ones, or ``metric_samples`` points per level."""
+    if fraction is not None:
+        return _fractions_given(fraction, len(shrinks))
+    fractions = []
+    for factor in shrinks:
+        # ShrinkImageFilter rounds each axis down (never below one voxel).
+        voxels = float(np.prod([max(1, int(n) // int(factor)) for n in size_xyz]))
+        fractions.append(min(1.0, metric_samples / voxels))
+    return tuple(fractions)
+
+
+def _check_window(owner: str, window: tuple[float, float] | None) -> None:
+    if window is not None and not (len(window) == 2 and window[0] < window[1]):
+        raise ValueError(f"{owner}: intensity_window must be (low, high) with low < high, got {window}")
+
+
+def _check_initializer(owner: str, initializer: str) -> None:
+    if initializer not in _INITIALIZERS:
+        raise ValueError(f"{owner}: initializer must be 'moments', 'geometry' or 'none', got {initializer!r}")
 
 
 @dataclass(frozen=True)
@@ -100,25 +154,12 @@ class AtlasConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        levels = len(self.shrink_factors)
-        for shrinks, sigmas, what in (
-            (self.shrink_factors, self.smoothing_sigmas_mm, ""),
-            (self.bspline_shrink_factors, self.bspline_smoothing_sigmas_mm, "bspline_"),
-        ):
-            if len(shrinks) == 0 or any(int(f) < 1 for f in shrinks):
-                raise ValueError(f"AtlasConfig: {what}shrink_factors must be >= 1, got {shrinks}")
-            if len(sigmas) != len(shrinks) or any(s < 0 for s in sigmas):
-                raise ValueError(
-                    f"AtlasConfig: {what}smoothing_sigmas_mm needs one value >= 0 per level "
-                    f"({len(shrinks)}), got {sigmas}"
-                )
+        _check_pyramid("AtlasConfig", self.shrink_factors, self.smoothing_sigmas_mm)
+        _check_pyramid(
+            "AtlasConfig", self.bspline_shrink_factors, self.bspline_smoothing_sigmas_mm, "bspline_"
+        )
         if self.sampling_fraction is not None:
-            fractions = self._fractions_given()
-            if len(fractions) != levels or not all(0.0 < f <= 1.0 for f in fractions):
-                raise ValueError(
-                    f"AtlasConfig: sampling_fraction must be in (0, 1], one value or one per level "
-                    f"({levels}), got {self.sampling_fraction}"
-                )
+            _check_fractions("AtlasConfig", self.sampling_fraction, len(self.shrink_factors))
         elif self.metric_samples < 100:
             raise ValueError(f"AtlasConfig: metric_samples must be >= 100, got {self.metric_samples}")
         if self.rigid_iterations < 1 or self.affine_iterations < 0 or self.bspline_iterations < 1:
@@ -129,24 +170,13 @@ class AtlasConfig:
             )
         if any(int(m) < 1 for m in self.mesh_size_xyz):
             raise ValueError(f"AtlasConfig: bspline_mesh_size must be >= 1, got {self.bspline_mesh_size}")
-        if self.intensity_window is not None and not self.intensity_window[0] < self.intensity_window[1]:
-            raise ValueError(
-                f"AtlasConfig: intensity_window must be (low, high), got {self.intensity_window}"
-            )
-        if self.initializer not in ("moments", "geometry", "none"):
-            raise ValueError(
-                f"AtlasConfig: initializer must be 'moments', 'geometry' or 'none', got {self.initializer!r}"
-            )
+        _check_window("AtlasConfig", self.intensity_window)
+        _check_initializer("AtlasConfig", self.initializer)
         if not self.max_step_mm > 0 or self.histogram_bins < 4:
             raise ValueError(
                 f"AtlasConfig: need max_step_mm > 0 and histogram_bins >= 4, got "
                 f"{self.max_step_mm}, {self.histogram_bins}"
             )
-
-    def _fractions_given(self) -> tuple[float, ...]:
-        if isinstance(self.sampling_fraction, (int, float)):
-            return (float(self.sampling_fraction),) * len(self.shrink_factors)
-        return tuple(float(f) for f in self.sampling_fraction or ())
 
     def sampling_fractions(
         self, size_xyz: Sequence[int], shrink_factors: Sequence[int] | None = None
@@ -157,16 +187,14 @@ class AtlasConfig:
         applies to that pyramid only; other pyramids use ``metric_samples`` (or the float).
         """
         shrinks = self.shrink_factors if shrink_factors is None else tuple(shrink_factors)
-        if isinstance(self.sampling_fraction, (int, float)):
-            return (float(self.sampling_fraction),) * len(shrinks)
-        if self.sampling_fraction is not None and shrinks == tuple(self.shrink_factors):
-            return self._fractions_given()
-        fractions = []
-        for factor in shrinks:
-            # ShrinkImageFilter rounds each axis down (never below one voxel).
-            voxels = float(np.prod([max(1, int(n) // int(factor)) for n in size_xyz]))
-            fractions.append(min(1.0, self.metric_samples / voxels))
-        return tuple(fractions)
+        given = self.sampling_fraction
+        if (
+            given is not None
+            and not isinstance(given, (int, float))
+            and shrinks != tuple(self.shrink_factors)
+        ):
+            given = None  # a per-level tuple belongs to the rigid/affine pyramid only
+        return _sampling_fractions(size_xyz, shrinks, given, self.metric_samples)
 
     @property
     def mesh_size_xyz(self) -> tuple[int, int, int]:
@@ -238,23 +266,23 @@ class MultiAtlasResult:
 
 
 # ---------------------------------------------------------------------- input checks
-def _check_volume(volume: object, role: str) -> Volume:
+def _check_volume(volume: object, role: str, caller: str = "atlas_transfer") -> Volume:
     if isinstance(volume, sitk.Image):
         if volume.GetDimension() != 3:
             raise ValueError(
-                f"atlas_transfer: the {role} must be a 3-D image, got a {volume.GetDimension()}-D "
+                f"{caller}: the {role} must be a 3-D image, got a {volume.GetDimension()}-D "
                 "SimpleITK image; register volumes, not slices"
             )
         volume = Volume.from_sitk(volume, name=role)
     if not isinstance(volume, Volume):
         raise ValueError(
-            f"atlas_transfer: the {role} must be an envs.volume.Volume (or a 3-D SimpleITK image), "
+            f"{caller}: the {role} must be an envs.volume.Volume (or a 3-D SimpleITK image), "
             f"got {type(volume).__name__}; wrap arrays with Volume(voxels_zyx, spacing_xyz_mm, ...) "
             "so that they carry their physical geometry"
         )
     if min(volume.size_xyz) < _MIN_VOXELS_PER_AXIS:
         raise ValueError(
-            f"atlas_transfer: the {role} is not a 3-D volume: its size (x, y, z) is {volume.size_xyz}, "
+            f"{caller}: the {role} is not a 3-D volume: its size (x, y, z) is {volume.size_xyz}, "
             f"need >= {_MIN_VOXELS_PER_AXIS} voxels along every axis (a 2-D slice stored as 3-D?)"
         )
     return volume
@@ -273,11 +301,13 @@ def _check_landmarks(landmarks: Mapping[str, ArrayLike]) -> dict[str, NDArray[np
     return checked
 
 
-def _prepare_image(volume: Volume, role: str, config: AtlasConfig) -> sitk.Image:
+def _prepare_image(
+    volume: Volume, role: str, window: tuple[float, float] | None, caller: str = "atlas_transfer"
+) -> sitk.Image:
     """float32 SimpleITK image with intensities clipped to the window and shifted to >= 0."""
     voxels = volume.voxels.astype(np.float32)
-    if config.intensity_window is not None:
-        low, high = config.intensity_window
+    if window is not None:
+        low, high = window
         # Clipping keeps scanner padding (-3024 HU) and metal from stretching Mattes' histogram
         # range; shifting low to 0 makes the intensities a non-negative "mass" for the moments
         # initialiser (raw HU would give air a negative weight). MI ignores the shift itself.
@@ -285,8 +315,8 @@ def _prepare_image(volume: Volume, role: str, config: AtlasConfig) -> sitk.Image
         voxels -= np.float32(low)
     if float(voxels.max()) <= float(voxels.min()):
         raise ValueError(
-            f"atlas_transfer: the {role} ({volume.name or 'unnamed'}) is constant after clipping to "
-            f"{config.intensity_window} (e.g. all air): there is nothing to register; check the volume "
+            f"{caller}: the {role} ({volume.name or 'unnamed'}) is constant after clipping to "
+            f"{window} (e.g. all air): there is nothing to register; check the volume "
             "or widen intensity_window"
         )
     return volume.with_voxels(voxels).to_sitk()
@@ -301,13 +331,21 @@ def _sitk_reason(error: RuntimeError) -> str:
     return lines[-1] if lines else repr(error)
 
 
-def _registration_error(stage: str, error: RuntimeError, config: AtlasConfig) -> ValueError:
-    return ValueError(
-        f"atlas_transfer: the {stage} stage failed ({_sitk_reason(error)}). The atlas and target "
-        f"probably do not overlap after the {config.initializer!r} initialisation. Try "
-        "initializer='moments' or 'geometry', check that both volumes show the same body region "
-        "and that their origin/direction headers are right, or raise sampling_fraction"
-    )
+def _registration_error(
+    stage: str,
+    error: RuntimeError,
+    initializer: str,
+    caller: str = "atlas_transfer",
+    pair: str = "atlas and target",
+    advice: str | None = None,
+) -> ValueError:
+    if advice is None:
+        advice = (
+            f"probably do not overlap after the {initializer!r} initialisation. Try "
+            "initializer='moments' or 'geometry', check that both volumes show the same body region "
+            "and that their origin/direction headers are right, or raise sampling_fraction"
+        )
+    return ValueError(f"{caller}: the {stage} stage failed ({_sitk_reason(error)}). The {pair} {advice}")
 
 
 # ---------------------------------------------------------------------- registration
@@ -317,29 +355,52 @@ def _registration_method(
     """Mattes MI, linear interpolation and the pyramid (the B-spline one if ``bspline``)."""
     shrinks = config.bspline_shrink_factors if bspline else config.shrink_factors
     sigmas = config.bspline_smoothing_sigmas_mm if bspline else config.smoothing_sigmas_mm
+    return _pyramid_method(
+        shrinks,
+        sigmas,
+        config.sampling_fractions(fixed.GetSize(), shrinks),
+        histogram_bins=config.histogram_bins,
+        seed=config.seed,
+        threads=config.threads,
+    )
+
+
+def _pyramid_method(
+    shrinks: Sequence[int],
+    sigmas_mm: Sequence[float],
+    fractions: Sequence[float],
+    *,
+    histogram_bins: int,
+    seed: int,
+    threads: int | None,
+    metric: str = "mattes",
+) -> sitk.ImageRegistrationMethod:
+    """Mattes MI (or mean squares), random sampling, linear interpolation and the pyramid."""
     method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
+    if metric == "meansquares":
+        method.SetMetricAsMeanSquares()
+    else:
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(histogram_bins))
     # RANDOM sampling in ITK v4 draws voxels and jitters each sample inside its voxel, i.e.
     # it samples physical space, which avoids the grid-aliasing bias of a regular grid. The
     # fixed seed makes runs reproducible (up to multithreaded summation order).
     method.SetMetricSamplingStrategy(method.RANDOM)
-    fractions = config.sampling_fractions(fixed.GetSize(), shrinks)
-    method.SetMetricSamplingPercentagePerLevel(list(fractions), config.seed)
+    method.SetMetricSamplingPercentagePerLevel([float(f) for f in fractions], int(seed))
     # With a few 10^4 samples, gradients by finite differences at the samples are cheaper than
     # precomputing gradient images of both full volumes at every level.
     method.MetricUseFixedImageGradientFilterOff()
     method.MetricUseMovingImageGradientFilterOff()
     method.SetInterpolator(sitk.sitkLinear)
     method.SetShrinkFactorsPerLevel([int(f) for f in shrinks])
-    method.SetSmoothingSigmasPerLevel([float(s) for s in sigmas])
+    method.SetSmoothingSigmasPerLevel([float(s) for s in sigmas_mm])
     # Sigmas in mm, so anisotropic voxels are smoothed by the same physical amount per axis.
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    if config.threads is not None:
-        method.SetNumberOfThreads(int(config.threads))
+    if threads is not None:
+        method.SetNumberOfThreads(int(threads))
     return method
 
 
-def _set_gradient_descent(method: sitk.ImageRegistrationMethod, iterations: int, config: AtlasConfig) -> None:
+def _set_gradient_descent(method: sitk.ImageRegistrationMethod, iterations: int, max_step_mm: float) -> None:
     # Regular-step gradient descent halves its step whenever the gradient direction flips, so
     # it converges without a hand-tuned learning rate; the initial step is estimated once per
     # level so that no point moves more than max_step_mm. Scales from physical shift make one
@@ -351,9 +412,21 @@ def _set_gradient_descent(method: sitk.ImageRegistrationMethod, iterations: int,
         relaxationFactor=0.5,
         gradientMagnitudeTolerance=1e-8,
         estimateLearningRate=method.Once,
-        maximumStepSizeInPhysicalUnits=float(config.max_step_mm),
+        maximumStepSizeInPhysicalUnits=float(max_step_mm),
     )
     method.SetOptimizerScalesFromPhysicalShift()
+
+
+def _set_lbfgsb(method: sitk.ImageRegistrationMethod, iterations: int) -> None:
+    # L-BFGS-B is the usual optimiser for the ~1000 B-spline coefficients: no scales or
+    # learning rate to tune.
+    method.SetOptimizerAsLBFGSB(
+        gradientConvergenceTolerance=1e-5,
+        numberOfIterations=int(iterations),
+        maximumNumberOfCorrections=5,
+        maximumNumberOfFunctionEvaluations=2 * int(iterations),
+        costFunctionConvergenceFactor=1e7,
+    )
 
 
 def _execute(
@@ -361,13 +434,16 @@ def _execute(
     method: sitk.ImageRegistrationMethod,
     fixed: sitk.Image,
     moving: sitk.Image,
-    config: AtlasConfig,
+    initializer: str,
+    caller: str = "atlas_transfer",
+    pair: str = "atlas and target",
+    advice: str | None = None,
 ) -> StageReport:
     start = time.perf_counter()
     try:
         method.Execute(fixed, moving)
     except RuntimeError as error:
-        raise _registration_error(name, error, config) from error
+        raise _registration_error(name, error, initializer, caller, pair, advice) from error
     return StageReport(
         name=name,
         metric_value=float(method.GetMetricValue()),
@@ -377,23 +453,25 @@ def _execute(
     )
 
 
-def _initial_rigid(fixed: sitk.Image, moving: sitk.Image, config: AtlasConfig) -> sitk.VersorRigid3DTransform:
+def _initial_rigid(
+    fixed: sitk.Image, moving: sitk.Image, initializer: str, caller: str = "atlas_transfer"
+) -> sitk.VersorRigid3DTransform:
     rigid = sitk.VersorRigid3DTransform()
-    if config.initializer == "none":
+    if initializer == "none":
         # Rotate about the atlas centre (better conditioned than the LPS origin), no offset.
         centre = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in fixed.GetSize()])
         rigid.SetCenter(centre)
         return rigid
     operation = (
         sitk.CenteredTransformInitializerFilter.MOMENTS
-        if config.initializer == "moments"
+        if initializer == "moments"
         else sitk.CenteredTransformInitializerFilter.GEOMETRY
     )
     try:
         initial = sitk.CenteredTransformInitializer(fixed, moving, rigid, operation)
     except RuntimeError as error:
         raise ValueError(
-            f"atlas_transfer: the {config.initializer!r} initialisation failed ({_sitk_reason(error)}); "
+            f"{caller}: the {initializer!r} initialisation failed ({_sitk_reason(error)}); "
             "try initializer='geometry'"
         ) from error
     return sitk.VersorRigid3DTransform(initial)
@@ -430,15 +508,15 @@ def atlas_transfer(
     # image on the fixed grid through T). With fixed = atlas and moving = target, T maps an
     # atlas point straight to the corresponding target point: landmarks are carried forward
     # by T exactly, with no inversion (a B-spline has no closed-form inverse).
-    fixed = _prepare_image(atlas, "atlas", config)
-    moving = _prepare_image(target, "target", config)
+    fixed = _prepare_image(atlas, "atlas", config.intensity_window)
+    moving = _prepare_image(target, "target", config.intensity_window)
     stages: list[StageReport] = []
 
-    rigid = _initial_rigid(fixed, moving, config)
+    rigid = _initial_rigid(fixed, moving, config.initializer)
     method = _registration_method(config, fixed)
-    _set_gradient_descent(method, config.rigid_iterations, config)
+    _set_gradient_descent(method, config.rigid_iterations, config.max_step_mm)
     method.SetInitialTransform(rigid, inPlace=True)
-    stages.append(_execute("rigid", method, fixed, moving, config))
+    stages.append(_execute("rigid", method, fixed, moving, config.initializer))
 
     # The affine stage starts from the rigid result (same centre), so it only refines scale
     # and shear; optimising one affine transform avoids stacking composites.
@@ -449,9 +527,9 @@ def atlas_transfer(
         affine.SetMatrix(rigid.GetMatrix())
         affine.SetTranslation(rigid.GetTranslation())
         method = _registration_method(config, fixed)
-        _set_gradient_descent(method, config.affine_iterations, config)
+        _set_gradient_descent(method, config.affine_iterations, config.max_step_mm)
         method.SetInitialTransform(affine, inPlace=True)
-        stages.append(_execute("affine", method, fixed, moving, config))
+        stages.append(_execute("affine", method, fixed, moving, config.initializer))
         transform = affine
 
     if config.deformable:
@@ -460,18 +538,10 @@ def atlas_transfer(
         # CompositeTransform([affine, bspline]) (SimpleITK applies the last transform first).
         bspline = sitk.BSplineTransformInitializer(fixed, list(config.mesh_size_xyz), order=3)
         method = _registration_method(config, fixed, bspline=True)
-        # L-BFGS-B is the usual optimiser for the ~1000 B-spline coefficients: no scales or
-        # learning rate to tune.
-        method.SetOptimizerAsLBFGSB(
-            gradientConvergenceTolerance=1e-5,
-            numberOfIterations=int(config.bspline_iterations),
-            maximumNumberOfCorrections=5,
-            maximumNumberOfFunctionEvaluations=2 * int(config.bspline_iterations),
-            costFunctionConvergenceFactor=1e7,
-        )
+        _set_lbfgsb(method, config.bspline_iterations)
         method.SetMovingInitialTransform(transform)
         method.SetInitialTransform(bspline, inPlace=True)
-        stages.append(_execute("bspline", method, fixed, moving, config))
+        stages.append(_execute("bspline", method, fixed, moving, config.initializer))
         transform = sitk.CompositeTransform([transform, bspline])
 
     landmarks = {
@@ -542,4 +612,526 @@ def multi_atlas_transfer(
         per_atlas=per_atlas,
         failures=failures,
         seconds=time.perf_counter() - start,
+    )
+
+
+# ====================================================================== registration baselines
+# What a user would run instead of an RL agent to align two volumes: a rigid SimpleITK
+# registration (optionally after a rotation pre-search), a B-spline SimpleITK registration,
+# and elastix's rigid registration (optional dependency itk-elastix). All share the
+# convention of SimpleITK: the result maps FIXED physical (LPS mm) points to MOVING points.
+_PAIR = "fixed and moving volumes"
+_ELASTIX_MISSING = (
+    "elastix baseline: the itk-elastix package is not installed; pip install itk-elastix==0.25.4"
+)
+# Rotation candidates of the pre-search that are refined at the coarsest level before the
+# best one seeds the full pyramid (the best raw grid point alone is often a neighbour of the
+# right basin, not inside it).
+_PRESEARCH_CANDIDATES = 4
+# Iterations of each candidate's refinement: enough to fall into the nearest basin (measured:
+# 30-50), while a candidate that oscillates cannot use up the full per-level budget.
+_PRESEARCH_REFINE_ITERATIONS = 100
+# How far (mm) a fitted rigid `initial` may be from the transform it came from.
+_RIGID_FIT_TOLERANCE_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """The outcome of one registration baseline.
+
+    Args:
+        transform: maps FIXED physical LPS points (mm) to MOVING points (SimpleITK's
+            convention: ``fixed(p)`` corresponds to ``moving(transform(p))``). A
+            ``VersorRigid3DTransform`` (SimpleITK rigid), an ``Euler3DTransform`` (elastix
+            rigid) or a ``CompositeTransform`` ``[initial, bspline]`` (B-spline).
+        seconds: wall-clock time of the whole call.
+        metric_value: the optimiser's final metric at the finest level (Mattes MI is negative,
+            lower is better; comparable only between runs on the same pair and settings).
+        method: ``"sitk-rigid"``, ``"sitk-bspline"`` or ``"elastix-rigid"``.
+        displacement_lps_mm: deformable methods only: ``(z, y, x, 3)`` float32 on the FIXED
+            grid, LPS x, y, z components; fixed voxel centre ``p`` maps to moving point
+            ``p + u(p)`` (the total mapping, ``initial`` included, minus identity).
+    """
+
+    transform: sitk.Transform
+    seconds: float
+    metric_value: float
+    method: str
+    displacement_lps_mm: NDArray[np.float32] | None = None
+
+
+def _check_common(
+    owner: str,
+    *,
+    iterations: int,
+    histogram_bins: int,
+    sampling_fraction: float | tuple[float, ...] | None,
+    metric_samples: int,
+    levels: int,
+    threads: int | None,
+    seed: int,
+    window: tuple[float, float] | None,
+) -> None:
+    if int(iterations) < 1:
+        raise ValueError(f"{owner}: iterations must be >= 1, got {iterations}")
+    if int(histogram_bins) < 4:
+        raise ValueError(f"{owner}: histogram_bins must be >= 4, got {histogram_bins}")
+    if sampling_fraction is not None:
+        _check_fractions(owner, sampling_fraction, levels)
+    elif int(metric_samples) < 100:
+        raise ValueError(f"{owner}: metric_samples must be >= 100, got {metric_samples}")
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"{owner}: threads must be >= 1 or None (all cores), got {threads}")
+    if int(seed) < 0:
+        raise ValueError(f"{owner}: seed must be >= 0, got {seed}")
+    _check_window(owner, window)
+
+
+@dataclass(frozen=True)
+class RigidBaselineConfig:
+    """Settings of :func:`rigid_baseline` (defaults measured on 2 mm torso CT phantoms).
+
+    Multi-resolution versor-rigid registration with Mattes mutual information and regular-step
+    gradient descent.
+
+    Args:
+        shrink_factors: pyramid shrink factors in voxels, coarse to fine.
+        smoothing_sigmas_mm: Gaussian smoothing per level in mm, coarse to fine.
+        iterations: maximum optimiser iterations per level.
+        histogram_bins: Mattes mutual-information histogram bins.
+        sampling_fraction: fraction of the (shrunk) fixed voxels the metric samples, one value
+            or one per level; ``None`` samples ``metric_samples`` points per level instead
+            (capped at all voxels), so the cost does not grow with the volume size.
+        metric_samples: metric sample points per level when ``sampling_fraction`` is None.
+        initializer: ``"geometry"`` aligns the grid centres, ``"moments"`` the intensity centres
+            of mass, ``"none"`` trusts the headers (identity). Ignored when ``initial`` is given.
+        rotation_presearch_deg: > 0 evaluates the metric at the coarsest level on a grid of
+            rotations (``-deg .. +deg`` about each axis, in ``rotation_presearch_step_deg``
+            steps, about the fixed centre), refines the best few and starts from the best.
+        rotation_presearch_step_deg: grid step of the pre-search in degrees.
+        max_step_mm: largest point displacement of one optimiser step at the start of a level.
+        intensity_window: intensities are clipped to ``[low, high]`` (HU for CT) before
+            registering; ``None`` keeps them as they are (e.g. MR).
+        threads: SimpleITK threads; ``None`` uses all cores.
+        seed: seed of the metric's random sampling.
+    """
+
+    shrink_factors: tuple[int, ...] = (4, 2, 1)
+    smoothing_sigmas_mm: tuple[float, ...] = (4.0, 2.0, 1.0)
+    iterations: int = 500
+    histogram_bins: int = 32
+    sampling_fraction: float | tuple[float, ...] | None = None
+    metric_samples: int = 50_000
+    initializer: Literal["geometry", "moments", "none"] = "geometry"
+    rotation_presearch_deg: float = 0.0
+    rotation_presearch_step_deg: float = 30.0
+    max_step_mm: float = 4.0
+    intensity_window: tuple[float, float] | None = (-1000.0, 2000.0)
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        owner = "RigidBaselineConfig"
+        _check_pyramid(owner, self.shrink_factors, self.smoothing_sigmas_mm)
+        _check_common(
+            owner,
+            iterations=self.iterations,
+            histogram_bins=self.histogram_bins,
+            sampling_fraction=self.sampling_fraction,
+            metric_samples=self.metric_samples,
+            levels=len(self.shrink_factors),
+            threads=self.threads,
+            seed=self.seed,
+            window=self.intensity_window,
+        )
+        _check_initializer(owner, self.initializer)
+        if not 0.0 <= self.rotation_presearch_deg <= 180.0:
+            raise ValueError(
+                f"{owner}: rotation_presearch_deg must be in [0, 180] (0 = no pre-search), "
+                f"got {self.rotation_presearch_deg}"
+            )
+        if self.rotation_presearch_deg > 0 and not (
+            0.0 < self.rotation_presearch_step_deg <= self.rotation_presearch_deg
+        ):
+            raise ValueError(
+                f"{owner}: rotation_presearch_step_deg must be in (0, rotation_presearch_deg="
+                f"{self.rotation_presearch_deg}], got {self.rotation_presearch_step_deg}"
+            )
+        if not self.max_step_mm > 0:
+            raise ValueError(f"{owner}: max_step_mm must be > 0, got {self.max_step_mm}")
+
+
+@dataclass(frozen=True)
+class BSplineBaselineConfig:
+    """Settings of :func:`bspline_baseline` (defaults measured on 2 mm torso CT phantoms).
+
+    Args:
+        mesh_spacing_mm: B-spline control-point spacing in mm (the mesh is the only
+            regulariser: smaller follows finer deformations and more noise).
+        shrink_factors: pyramid shrink factors in voxels, coarse to fine.
+        smoothing_sigmas_mm: Gaussian smoothing per level in mm, coarse to fine.
+        iterations: maximum optimiser iterations per level.
+        histogram_bins: Mattes mutual-information histogram bins.
+        sampling_fraction: fraction of the (shrunk) fixed voxels the metric samples, one value
+            or one per level; ``None`` samples ``metric_samples`` points per level.
+        metric_samples: metric sample points per level when ``sampling_fraction`` is None.
+        optimizer: ``"lbfgsb"`` (L-BFGS-B, no step size to tune) or ``"gradient_descent"``
+            (learning rate estimated once per level from a ``max_step_mm`` point shift).
+        metric: ``"mattes"`` mutual information (any intensity relation) or
+            ``"meansquares"`` (same modality and calibration only).
+        max_step_mm: largest point shift of one gradient-descent step (that optimiser only).
+        intensity_window: clip intensities to ``[low, high]`` first; ``None`` keeps them.
+        threads: SimpleITK threads; ``None`` uses all cores.
+        seed: seed of the metric's random sampling.
+    """
+
+    mesh_spacing_mm: float = 50.0
+    shrink_factors: tuple[int, ...] = (4, 2, 1)
+    smoothing_sigmas_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
+    iterations: int = 100
+    histogram_bins: int = 32
+    sampling_fraction: float | tuple[float, ...] | None = None
+    metric_samples: int = 50_000
+    optimizer: Literal["lbfgsb", "gradient_descent"] = "lbfgsb"
+    metric: Literal["mattes", "meansquares"] = "mattes"
+    max_step_mm: float = 2.0
+    intensity_window: tuple[float, float] | None = (-1000.0, 2000.0)
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        owner = "BSplineBaselineConfig"
+        _check_pyramid(owner, self.shrink_factors, self.smoothing_sigmas_mm)
+        _check_common(
+            owner,
+            iterations=self.iterations,
+            histogram_bins=self.histogram_bins,
+            sampling_fraction=self.sampling_fraction,
+            metric_samples=self.metric_samples,
+            levels=len(self.shrink_factors),
+            threads=self.threads,
+            seed=self.seed,
+            window=self.intensity_window,
+        )
+        if not (np.isfinite(self.mesh_spacing_mm) and self.mesh_spacing_mm > 0):
+            raise ValueError(f"{owner}: mesh_spacing_mm must be > 0, got {self.mesh_spacing_mm}")
+        if self.optimizer not in ("lbfgsb", "gradient_descent"):
+            raise ValueError(
+                f"{owner}: optimizer must be 'lbfgsb' or 'gradient_descent', got {self.optimizer!r}"
+            )
+        if self.metric not in ("mattes", "meansquares"):
+            raise ValueError(f"{owner}: metric must be 'mattes' or 'meansquares', got {self.metric!r}")
+        if not self.max_step_mm > 0:
+            raise ValueError(f"{owner}: max_step_mm must be > 0, got {self.max_step_mm}")
+
+
+def _check_config(config: object, expected: type, caller: str) -> None:
+    if not isinstance(config, expected):
+        raise ValueError(
+            f"{caller}: config must be a {expected.__name__}, got {type(config).__name__}; "
+            f"build one with {expected.__name__}(...)"
+        )
+
+
+def _check_pair(fixed: object, moving: object, caller: str) -> tuple[Volume, Volume]:
+    return _check_volume(fixed, "fixed image", caller), _check_volume(moving, "moving image", caller)
+
+
+def _fixed_centre(image: sitk.Image) -> tuple[float, ...]:
+    return image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()])
+
+
+def _rigid_parts(
+    transform: object, centre: Sequence[float], caller: str
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(R, b)`` with ``transform(p) == R @ p + b``; ValueError unless it is rigid.
+
+    Fitted from mapped points, so any SimpleITK transform that is rigid in effect qualifies
+    (Euler, versor, a rotation-only affine, a composite of those, an identity).
+    """
+    if not isinstance(transform, sitk.Transform):
+        raise ValueError(
+            f"{caller}: initial must be a SimpleITK transform (fixed -> moving points) or None, "
+            f"got {type(transform).__name__}"
+        )
+    if transform.GetDimension() != 3:
+        raise ValueError(f"{caller}: initial must be a 3-D transform, got {transform.GetDimension()}-D")
+    c = np.asarray(centre, dtype=np.float64)
+    scale = 100.0  # mm: a lever long enough to measure the rotation to ~1e-8
+    try:
+        mapped_c = np.asarray(transform.TransformPoint(c.tolist()))
+        columns = [
+            (np.asarray(transform.TransformPoint((c + scale * axis).tolist())) - mapped_c) / scale
+            for axis in np.eye(3)
+        ]
+    except RuntimeError as error:
+        raise ValueError(f"{caller}: initial cannot map points ({_sitk_reason(error)})") from error
+    matrix = np.stack(columns, axis=1)
+    offset = mapped_c - matrix @ c
+    probes = c + np.random.default_rng(0).uniform(-scale, scale, (8, 3))
+    residual = max(
+        float(np.linalg.norm(np.asarray(transform.TransformPoint(p.tolist())) - (matrix @ p + offset)))
+        for p in probes
+    )
+    u, _, vt = np.linalg.svd(matrix)
+    rotation = u @ vt
+    orthogonality = float(np.abs(matrix - rotation).max()) * scale
+    if (
+        residual > _RIGID_FIT_TOLERANCE_MM
+        or orthogonality > _RIGID_FIT_TOLERANCE_MM
+        or np.linalg.det(rotation) < 0
+    ):
+        raise ValueError(
+            f"{caller}: initial must be rigid (rotation + translation; it deviates by "
+            f"{max(residual, orthogonality):.3g} mm over 100 mm); pass an Euler3DTransform or "
+            "VersorRigid3DTransform, or start a deformable registration with bspline_baseline"
+        )
+    return rotation, offset
+
+
+def _versor(
+    rotation: NDArray[np.float64], offset: NDArray[np.float64], centre: Sequence[float]
+) -> sitk.VersorRigid3DTransform:
+    """The versor-rigid transform ``p -> rotation @ p + offset``, rotating about ``centre``."""
+    c = np.asarray(centre, dtype=np.float64)
+    rigid = sitk.VersorRigid3DTransform()
+    rigid.SetCenter(c.tolist())
+    rigid.SetMatrix(rotation.reshape(-1).tolist())
+    rigid.SetTranslation((rotation @ c + offset - c).tolist())
+    return rigid
+
+
+def _euler(
+    rotation: NDArray[np.float64], offset: NDArray[np.float64], centre: Sequence[float]
+) -> sitk.Euler3DTransform:
+    """The Euler transform ``p -> rotation @ p + offset``, rotating about ``centre``."""
+    c = np.asarray(centre, dtype=np.float64)
+    euler = sitk.Euler3DTransform()
+    euler.SetCenter(c.tolist())
+    euler.SetMatrix(rotation.reshape(-1).tolist())
+    euler.SetTranslation((rotation @ c + offset - c).tolist())
+    return euler
+
+
+def _rigid_matrix(rigid: sitk.Transform) -> NDArray[np.float64]:
+    return np.asarray(rigid.GetMatrix(), dtype=np.float64).reshape(3, 3)
+
+
+def _rigid_offset(rigid: sitk.Transform) -> NDArray[np.float64]:
+    """``b`` of ``p -> R @ p + b`` for a centred rigid transform."""
+    c = np.asarray(rigid.GetCenter(), dtype=np.float64)
+    return c + np.asarray(rigid.GetTranslation(), dtype=np.float64) - _rigid_matrix(rigid) @ c
+
+
+def _rotation_presearch(
+    fixed: sitk.Image, moving: sitk.Image, start: sitk.VersorRigid3DTransform, config: RigidBaselineConfig
+) -> sitk.VersorRigid3DTransform:
+    """Best start among rotations of ``start`` about the fixed centre (coarsest level only).
+
+    The metric is evaluated on the full grid of rotations (SimpleITK's exhaustive optimiser over
+    the three Euler angles, translation fixed); the best few grid points are then refined with
+    a short gradient descent at the same level and the one with the best metric wins. The
+    candidates share one random sample set, so their metric values are comparable.
+    """
+    caller = "rigid_baseline"
+    shrink, sigma = config.shrink_factors[:1], config.smoothing_sigmas_mm[:1]
+    fraction = _sampling_fractions(fixed.GetSize(), shrink, config.sampling_fraction, config.metric_samples)
+    if config.sampling_fraction is not None and not isinstance(config.sampling_fraction, (int, float)):
+        fraction = (float(config.sampling_fraction[0]),)
+
+    def coarse_method() -> sitk.ImageRegistrationMethod:
+        return _pyramid_method(
+            shrink,
+            sigma,
+            fraction,
+            histogram_bins=config.histogram_bins,
+            seed=config.seed,
+            threads=config.threads,
+        )
+
+    steps = int(np.floor(config.rotation_presearch_deg / config.rotation_presearch_step_deg + 1e-9))
+    centre = start.GetCenter()
+    search = sitk.Euler3DTransform()
+    search.SetCenter(centre)
+    method = coarse_method()
+    method.SetOptimizerAsExhaustive([steps] * 3 + [0] * 3, np.deg2rad(config.rotation_presearch_step_deg))
+    method.SetOptimizerScales([1.0] * 6)
+    method.SetMovingInitialTransform(start)
+    method.SetInitialTransform(search, inPlace=True)
+    grid: list[tuple[float, tuple[float, ...]]] = []
+    method.AddCommand(
+        sitk.sitkIterationEvent,
+        lambda: grid.append((method.GetMetricValue(), tuple(method.GetOptimizerPosition()))),
+    )
+    _execute("rotation pre-search", method, fixed, moving, config.initializer, caller, _PAIR)
+
+    r0, b0 = _rigid_matrix(start), _rigid_offset(start)
+    best: tuple[float, sitk.VersorRigid3DTransform] | None = None
+    for _, angles in sorted(grid)[:_PRESEARCH_CANDIDATES]:
+        turn = sitk.Euler3DTransform(centre, *angles[:3], (0.0, 0.0, 0.0))
+        # start(turn(p)): rotate about the fixed centre first, then apply the start pose.
+        rotation = r0 @ _rigid_matrix(turn)
+        candidate = _versor(rotation, r0 @ _rigid_offset(turn) + b0, centre)
+        refine = coarse_method()
+        iterations = min(config.iterations, _PRESEARCH_REFINE_ITERATIONS)
+        _set_gradient_descent(refine, iterations, config.max_step_mm)
+        refine.SetInitialTransform(candidate, inPlace=True)
+        report = _execute("rotation pre-search", refine, fixed, moving, config.initializer, caller, _PAIR)
+        if best is None or report.metric_value < best[0]:
+            best = (report.metric_value, candidate)
+    assert best is not None  # the grid always holds the start itself
+    return best[1]
+
+
+def rigid_baseline(
+    fixed: Volume,
+    moving: Volume,
+    *,
+    initial: sitk.Transform | None = None,
+    config: RigidBaselineConfig = RigidBaselineConfig(),
+) -> RegistrationResult:
+    """Rigidly register ``moving`` to ``fixed`` with SimpleITK (versor rigid, Mattes MI).
+
+    Args:
+        fixed: the reference volume (any spacing and orientation).
+        moving: the volume to align to it (same modality for best results).
+        initial: a rigid starting pose mapping fixed to moving points (e.g. an agent's
+            estimate); replaces ``config.initializer`` when given.
+        config: see :class:`RigidBaselineConfig`.
+
+    Returns:
+        A :class:`RegistrationResult` whose ``transform`` is a ``VersorRigid3DTransform``.
+
+    Raises:
+        ValueError: an input is not a 3-D volume or is constant, ``initial`` is not rigid, the
+            config is not a :class:`RigidBaselineConfig`, or the registration fails (typically:
+            no overlap).
+    """
+    start_time = time.perf_counter()
+    caller = "rigid_baseline"
+    _check_config(config, RigidBaselineConfig, caller)
+    fixed_volume, moving_volume = _check_pair(fixed, moving, caller)
+    fixed_image = _prepare_image(fixed_volume, "fixed image", config.intensity_window, caller)
+    moving_image = _prepare_image(moving_volume, "moving image", config.intensity_window, caller)
+
+    if initial is None:
+        rigid = _initial_rigid(fixed_image, moving_image, config.initializer, caller)
+    else:
+        centre = _fixed_centre(fixed_image)
+        rigid = _versor(*_rigid_parts(initial, centre, caller), centre)
+    if config.rotation_presearch_deg > 0:
+        rigid = _rotation_presearch(fixed_image, moving_image, rigid, config)
+
+    method = _pyramid_method(
+        config.shrink_factors,
+        config.smoothing_sigmas_mm,
+        _sampling_fractions(
+            fixed_image.GetSize(), config.shrink_factors, config.sampling_fraction, config.metric_samples
+        ),
+        histogram_bins=config.histogram_bins,
+        seed=config.seed,
+        threads=config.threads,
+    )
+    _set_gradient_descent(method, config.iterations, config.max_step_mm)
+    method.SetInitialTransform(rigid, inPlace=True)
+    report = _execute("rigid", method, fixed_image, moving_image, config.initializer, caller, _PAIR)
+    return RegistrationResult(
+        transform=rigid,
+        seconds=time.perf_counter() - start_time,
+        metric_value=report.metric_value,
+        method="sitk-rigid",
+    )
+
+
+def _displacement_on_grid(transform: sitk.Transform, grid: sitk.Image) -> NDArray[np.float32]:
+    """``transform(p) - p`` at every voxel centre of ``grid``, ``(z, y, x, 3)`` LPS mm."""
+    field = sitk.TransformToDisplacementField(
+        transform,
+        sitk.sitkVectorFloat32,
+        grid.GetSize(),
+        grid.GetOrigin(),
+        grid.GetSpacing(),
+        grid.GetDirection(),
+    )
+    return sitk.GetArrayFromImage(field)
+
+
+def bspline_baseline(
+    fixed: Volume,
+    moving: Volume,
+    *,
+    initial: sitk.Transform | None = None,
+    config: BSplineBaselineConfig = BSplineBaselineConfig(),
+) -> RegistrationResult:
+    """Deformably register ``moving`` to ``fixed`` with a cubic B-spline (SimpleITK).
+
+    The B-spline only refines: it does not align the volumes globally. Pass the result of
+    :func:`rigid_baseline` (or any transform) as ``initial``; it is composed under the B-spline,
+    so the total mapping is ``initial(bspline(p))``.
+
+    Args:
+        fixed: the reference volume; the control-point mesh covers its grid.
+        moving: the volume to align to it.
+        initial: any fixed -> moving transform to start from; ``None`` trusts the headers.
+        config: see :class:`BSplineBaselineConfig`.
+
+    Returns:
+        A :class:`RegistrationResult` with ``transform = CompositeTransform([initial, bspline])``
+        (just ``[bspline]`` without ``initial``) and ``displacement_lps_mm`` of that total
+        mapping on the fixed grid.
+
+    Raises:
+        ValueError: an input is not a 3-D volume or is constant, the config is not a
+            :class:`BSplineBaselineConfig`, or the registration fails (typically: no overlap).
+    """
+    start_time = time.perf_counter()
+    caller = "bspline_baseline"
+    _check_config(config, BSplineBaselineConfig, caller)
+    fixed_volume, moving_volume = _check_pair(fixed, moving, caller)
+    if initial is not None and not isinstance(initial, sitk.Transform):
+        raise ValueError(
+            f"{caller}: initial must be a SimpleITK transform (fixed -> moving points) or None, "
+            f"got {type(initial).__name__}"
+        )
+    fixed_image = _prepare_image(fixed_volume, "fixed image", config.intensity_window, caller)
+    moving_image = _prepare_image(moving_volume, "moving image", config.intensity_window, caller)
+
+    # Mesh cells per axis so that the control points are ~mesh_spacing_mm apart.
+    extent = [n * s for n, s in zip(fixed_image.GetSize(), fixed_image.GetSpacing(), strict=True)]
+    mesh = [max(1, round(e / config.mesh_spacing_mm)) for e in extent]
+    bspline = sitk.BSplineTransformInitializer(fixed_image, mesh, order=3)
+
+    method = _pyramid_method(
+        config.shrink_factors,
+        config.smoothing_sigmas_mm,
+        _sampling_fractions(
+            fixed_image.GetSize(), config.shrink_factors, config.sampling_fraction, config.metric_samples
+        ),
+        histogram_bins=config.histogram_bins,
+        seed=config.seed,
+        threads=config.threads,
+        metric=config.metric,
+    )
+    if config.optimizer == "lbfgsb":
+        _set_lbfgsb(method, config.iterations)
+    else:
+        _set_gradient_descent(method, config.iterations, config.max_step_mm)
+    if initial is not None:
+        method.SetMovingInitialTransform(initial)
+    method.SetInitialTransform(bspline, inPlace=True)
+    advice = (
+        "probably do not overlap under `initial` (the scanner headers when it is None). Start from "
+        "a global alignment, e.g. initial=rigid_baseline(fixed, moving).transform, check that both "
+        "volumes show the same body region, or raise sampling_fraction"
+    )
+    report = _execute("bspline", method, fixed_image, moving_image, "none", caller, _PAIR, advice)
+
+    # SimpleITK applies the last transform of a composite first: initial(bspline(p)).
+    transform = sitk.CompositeTransform([initial, bspline] if initial is not None else [bspline])
+    return RegistrationResult(
+        transform=transform,
+        seconds=time.perf_counter() - start_time,
+        metric_value=report.metric_value,
+        method="sitk-bspline",
+        displacement_lps_mm=_displacement_on_grid(transform, fixed_image),
     )

@@ -216,11 +216,12 @@ def test_best_model_prefers_fewer_misses_and_state_keeps_the_score(
             {"median_mm": 2.5, "p95_mm": 3.0, "max_mm": 3.2, "misses": 0.0},
         ]
     )
-    monkeypatch.setattr(train, "validate", lambda *args, **kwargs: next(results))
     saved: list[Path] = []
     monkeypatch.setattr(train, "save_policy", lambda model, path: saved.append(path))
     run = Run(tmp_path, LandmarkExperiment())
-    monitor = train.TrainingMonitor(run, val_world=None, experiment=run.experiment)  # type: ignore[arg-type]
+    monitor = train.TrainingMonitor(
+        run, lambda policy: next(results), train.landmark_score, experiment=run.experiment
+    )
     monitor.model = _FakeModel()  # type: ignore[assignment]
     for step in (100, 200, 300):
         monitor.num_timesteps = step
@@ -230,5 +231,7 @@ def test_best_model_prefers_fewer_misses_and_state_keeps_the_score(
     state = run.read_state()
     assert state["best_score"] == [0.0, 2.5, 3.0]
     assert state["evals_without_gain"] == 0
-    resumed = train.TrainingMonitor(run, val_world=None, experiment=run.experiment, state=state)  # type: ignore[arg-type]
+    resumed = train.TrainingMonitor(
+        run, lambda policy: {}, train.landmark_score, experiment=run.experiment, state=state
+    )
     assert resumed.best_score == (0.0, 2.5, 3.0)

@@ -1,0 +1,188 @@
+"""train.py / evaluate.py for the registration tasks, in-process: smoke runs, outputs, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import evaluate
+import train
+from agents.config import ConfigError, RigidExperiment, SdmExperiment, load_experiment
+from envs import io
+
+NETWORK = [
+    "agent.channels=[4, 8]",
+    "agent.kernel_sizes=[5, 3]",
+    "agent.strides=[2, 2]",
+    "agent.features_dim=32",
+    "agent.net_arch=[32]",
+    "agent.batch_size=16",
+    "agent.buffer_size=200",
+    "agent.learning_starts=50",
+    "train.progress_bar=false",
+    "train.eval_cases=1",
+]
+DATA = [
+    "data.phantoms.n_train=2",
+    "data.phantoms.n_val=1",
+    "data.phantoms.n_test=1",
+    "data.phantoms.spacing_mm=4.0",
+    "env.levels_mm=[8.0, 4.0]",
+    "env.obs_size=13",
+]
+RIGID = [
+    *DATA,
+    *NETWORK,
+    "env.translation_steps_mm=[6.0, 1.0]",
+    "env.rotation_steps_deg=[6.0, 1.0]",
+    "env.variants_per_case=2",
+    "env.n_envs=2",
+    "train.total_timesteps=300",
+    "train.eval_every_steps=150",
+    "train.checkpoint_every_steps=150",
+]
+SDM = [
+    *DATA,
+    *NETWORK,
+    "sdm.n_fields=6",
+    "sdm.k=3",
+    "env.coefficient_steps=[0.5, 0.1]",
+    "train.total_timesteps=200",
+    "train.eval_every_steps=100",
+    "train.checkpoint_every_steps=100",
+]
+
+
+def _args(config: str, sets: list[str], cache: Path) -> list[str]:
+    sets = [*sets, f"data.phantoms.cache_dir={cache}"]
+    return [config, *(item for pair in (("--set", s) for s in sets) for item in pair)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("registration_phantoms")
+
+
+@pytest.fixture(scope="module")
+def rigid_run(cache: Path) -> Path:
+    run = cache.parent / "rigid_run"
+    assert train.main([*_args("configs/rigid_phantom.yaml", RIGID, cache), "--run-dir", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def sdm_run(cache: Path) -> Path:
+    run = cache.parent / "sdm_run"
+    assert train.main([*_args("configs/sdm_phantom.yaml", SDM, cache), "--run-dir", str(run)]) == 0
+    return run
+
+
+def test_shipped_configs_load_as_their_tasks() -> None:
+    assert isinstance(load_experiment("configs/rigid_phantom.yaml"), RigidExperiment)
+    sdm = load_experiment("configs/sdm_phantom.yaml")
+    assert isinstance(sdm, SdmExperiment)
+    assert sdm.data.phantoms is not None
+    assert sdm.data.phantoms.shape_only
+
+
+def test_rigid_greedy_run_is_self_describing(rigid_run: Path) -> None:
+    for name in ("config.yaml", "meta.json", "state.json", "summary.json", "validation.csv"):
+        assert (rigid_run / name).is_file(), name
+    assert (rigid_run / "checkpoints" / "best.pt").is_file()
+    summary = json.loads((rigid_run / "summary.json").read_text())
+    assert summary["num_timesteps"] >= 300
+    assert {"success_rate", "median_mm", "median_s"} <= set(summary["validations"][0])
+
+
+def test_evaluate_rigid_writes_tables_plots_and_the_oracle_floor(rigid_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    code = evaluate.main(
+        [str(rigid_run), "--trials", "2", "--misalignments", "15", "30", "--conditions", "mono", "partial",
+         "--png", "1", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"agent", "oracle"}
+    oracle = metrics["oracle"]["mono"]["30"]
+    assert oracle["n"] == 2
+    assert oracle["success_rate"] == 1.0  # 1 mm / 1 deg finest steps: the floor is below 2 mm
+    assert oracle["before_mean_mm"] > 10.0
+    for name in ("registrations.csv", "metrics.md", "success_vs_misalignment.png", "overlay_mono_0.png"):
+        assert (out / name).is_file(), name
+
+
+def test_evaluate_register_writes_files_slicer_and_simpleitk_read(
+    rigid_run: Path, cache: Path, tmp_path: Path
+) -> None:
+    fixed_path = next(cache.rglob("phantom_test_000*.nii.gz"))
+    fixed = io.read_volume(fixed_path)
+    moving_path = tmp_path / "moving.nrrd"
+    io.write_volume(fixed, moving_path)
+    out = tmp_path / "registered"
+    assert (
+        evaluate.main([str(rigid_run), "--register", str(fixed_path), str(moving_path), "--out", str(out)])
+        == 0
+    )
+    transform = sitk.ReadTransform(str(out / "transform.tfm"))
+    assert transform.GetNumberOfParameters() == 6
+    assert io.read_volume(out / "warped.nii.gz").shape_zyx == fixed.shape_zyx
+    assert (out / "trajectory.csv").read_text().startswith("step,level,tx_mm")
+
+
+def test_dqn_also_trains_on_the_rigid_env(cache: Path, tmp_path: Path) -> None:
+    run = tmp_path / "dqn_run"
+    args = _args(
+        "configs/rigid_phantom.yaml", [*RIGID, "agent.algorithm=double", "train.total_timesteps=200"], cache
+    )
+    assert train.main([*args, "--run-dir", str(run)]) == 0
+    assert (run / "checkpoints" / "latest.pt").is_file()
+
+
+def test_sdm_run_saves_its_model_and_evaluates_with_dice(sdm_run: Path, tmp_path: Path) -> None:
+    from envs.deformation import StatisticalDeformationModel
+
+    model = StatisticalDeformationModel.load(sdm_run / "sdm.npz")
+    assert model.k == 3
+    out = tmp_path / "eval"
+    assert evaluate.main([str(sdm_run), "--out", str(out), "--png", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"agent", "oracle", "mean shape"} <= set(metrics)
+    oracle, mean_shape = metrics["oracle"]["sdm"]["0"], metrics["mean shape"]["sdm"]["0"]
+    assert oracle["mean_mm"] < oracle["before_mean_mm"]
+    assert 0.0 < mean_shape["dice_mean"] <= oracle["dice_mean"] <= 1.0
+
+
+def test_bad_registration_configs_fail_in_one_line(cache: Path, capsys: pytest.CaptureFixture) -> None:
+    for override, expected in [
+        ("env.contrast=pet", "config env.contrast: expected same, multimodal or mixed"),
+        (
+            "env.translation_steps_mm=[1.0]",
+            "config env.translation_steps_mm: expected one positive step per level",
+        ),
+        ("env.obs_size=3", "config env.obs_size: expected >= 9"),
+    ]:
+        code = train.main(_args("configs/rigid_phantom.yaml", [override], cache))
+        assert code == 2
+        message = capsys.readouterr().err.strip()
+        assert "\n" not in message
+        assert expected in message
+    with pytest.raises(ConfigError, match="expected one of \\['landmark', 'rigid', 'sdm'\\]"):
+        load_experiment(None, ["task=affine"])
+
+
+def test_evaluate_register_needs_two_files_for_rigid(rigid_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert evaluate.main([str(rigid_run), "--register", "only_one.nii.gz"]) == 2
+    assert "expected FIXED MOVING" in capsys.readouterr().err
+
+
+def test_validation_scores_prefer_success_then_median() -> None:
+    from agents.alignment import alignment_score
+
+    better = {"success_rate": 0.9, "median_mm": 1.5, "p95_mm": 9.0}
+    worse = {"success_rate": 0.8, "median_mm": 1.0, "p95_mm": 2.0}
+    assert alignment_score(better) < alignment_score(worse)
+    assert np.isfinite(alignment_score(better)).all()
