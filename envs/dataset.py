@@ -13,7 +13,9 @@ or in YAML::
       - {case_id: s001, image: images/s001.nii.gz, landmarks: landmarks/s001.fcsv, split: train}
 
 ``case_id`` defaults to the image file name without suffix, ``modality`` to ``ct`` and
-``landmarks`` may be left empty for images without annotations (prediction only).
+``landmarks`` may be left empty for images without annotations (prediction only). An
+optional ``labels`` column names a label map on the image's grid (Dice of deformable
+registration).
 
 Decoded volumes (and anything derived from them, such as intensity pyramids) live in one
 LRU cache with a byte budget, so an environment reset never re-reads a file.
@@ -39,7 +41,7 @@ __all__ = ["MODALITIES", "SPLITS", "ByteLRUCache", "Case", "Dataset", "Subject",
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MODALITIES: tuple[str, ...] = ("ct", "mr")
-_MANIFEST_COLUMNS = ("case_id", "image", "landmarks", "split", "modality")
+_MANIFEST_COLUMNS = ("case_id", "image", "landmarks", "split", "modality", "labels")
 
 T = TypeVar("T")
 
@@ -54,6 +56,7 @@ class Case:
     landmarks: Path | None = None
     modality: str = "ct"
     phantom_seed: int | None = None
+    labels: Path | None = None
 
     @property
     def is_phantom(self) -> bool:
@@ -271,7 +274,13 @@ class Dataset:
         assert case.image is not None  # enforced when the case was built
         volume = io.read_volume(case.image)
         landmarks = io.read_landmarks(case.landmarks) if case.landmarks is not None else {}
-        return Subject(case, volume, landmarks)
+        labels = io.read_volume(case.labels) if case.labels is not None else None
+        if labels is not None and labels.shape_zyx != volume.shape_zyx:
+            raise ValueError(
+                f"case {case.case_id!r}: label map {case.labels} has shape {labels.shape_zyx}, the image "
+                f"{volume.shape_zyx}; a label map must share the image's grid"
+            )
+        return Subject(case, volume, landmarks, labels)
 
 
 # ---------------------------------------------------------------------- manifest parsing
@@ -367,8 +376,9 @@ def _case_from_row(manifest: Path, where: str, row: dict[str, str]) -> Case:
         )
     image = _resolve(manifest, where, "image", row["image"])
     landmarks = _resolve(manifest, where, "landmarks", row["landmarks"]) if row.get("landmarks") else None
+    labels = _resolve(manifest, where, "labels", row["labels"]) if row.get("labels") else None
     case_id = row.get("case_id") or _stem(image)
-    return Case(case_id, split, image, landmarks, modality)
+    return Case(case_id, split, image, landmarks, modality, labels=labels)
 
 
 def _stem(path: Path) -> str:

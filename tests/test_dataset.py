@@ -149,3 +149,21 @@ def test_missing_manifest_and_bad_suffix(tmp_path: Path) -> None:
 def test_unknown_split_request_is_rejected(csv_manifest: Path) -> None:
     with pytest.raises(ValueError, match="unknown split"):
         Dataset.from_manifest(csv_manifest).split("training")
+
+
+def test_labels_column_loads_a_label_map_on_the_image_grid(tmp_path: Path) -> None:
+    _write_case(tmp_path, "a", 0.0)
+    labels = Volume(np.arange(6 * 7 * 8, dtype=np.uint8).reshape(6, 7, 8) % 5, (1.5, 1.0, 2.0))
+    io.write_volume(labels, tmp_path / "labels" / "a.nii.gz")
+    wrong = Volume(np.zeros((6, 7, 9), np.uint8), (1.5, 1.0, 2.0))
+    io.write_volume(wrong, tmp_path / "labels" / "wrong.nii.gz")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "case_id,image,labels,split\n"
+        "a,images/a.nii.gz,labels/a.nii.gz,train\n"
+        "b,images/a.nii.gz,labels/wrong.nii.gz,val\n"
+    )
+    dataset = Dataset.from_manifest(manifest)
+    np.testing.assert_array_equal(dataset.load("a").labels.voxels, labels.voxels)
+    with pytest.raises(ValueError, match=r"label map .*wrong.nii.gz has shape \(6, 7, 9\)"):
+        dataset.load("b")
