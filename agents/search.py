@@ -391,16 +391,22 @@ class AlignConfig:
     Attributes:
         oscillation_window: a return to one of this many last transforms ends a level.
         max_steps_per_level: cap per level (a safety net; oscillation normally ends first).
+        trust_steps: at a finer level no parameter may move more than this many steps of the
+            coarser level away from where that level left it (the range finer levels were
+            trained on); moves beyond are masked. 0 disables the limit.
     """
 
     oscillation_window: int = 4
     max_steps_per_level: int = 80
+    trust_steps: float = 2.0
 
     def __post_init__(self) -> None:
         if self.oscillation_window < 2:
             raise ValueError(f"align.oscillation_window: expected >= 2, got {self.oscillation_window}")
         if self.max_steps_per_level < 1:
             raise ValueError(f"align.max_steps_per_level: expected >= 1, got {self.max_steps_per_level}")
+        if self.trust_steps < 0:
+            raise ValueError(f"align.trust_steps: expected >= 0 (0: no limit), got {self.trust_steps}")
 
 
 @dataclass(frozen=True)
@@ -455,11 +461,18 @@ def align(
     path_params, path_levels = [params.copy()], [0]
     level_steps = 0
     steps = 0
+    entry = params.copy()
     while True:
         observation = world.observation(pair, level, params)
         batch = {"patch": observation["patch"][np.newaxis], "level": np.array([level])}
-        q_values = np.asarray(policy(batch, pair, params, level), dtype=np.float64)
-        index, delta = world.action_delta(int(np.argmax(q_values[0])), level)
+        q_values = np.asarray(policy(batch, pair, params, level), dtype=np.float64)[0]
+        if level > 0 and config.trust_steps > 0:
+            reach = config.trust_steps * world.steps_int[level - 1]
+            for action in range(world.n_actions):
+                index, delta = world.action_delta(action, level)
+                if abs(params[index] + delta - entry[index]) > reach[index]:
+                    q_values[action] = -np.inf
+        index, delta = world.action_delta(int(np.argmax(q_values)), level)
         params = params.copy()
         params[index] += delta
         steps += 1
@@ -475,6 +488,7 @@ def align(
             level += 1
             level_steps = 0
             recent = [key]
+            entry = params.copy()
     trajectory = np.array(path_params)
     errors = world.errors_mm(pair, trajectory)
     return Alignment(
