@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agents.config import RigidExperiment, SdmExperiment
-from agents.search import Alignment, AlignmentOracle, QNetworkPolicy, align
+from agents.search import Alignment, AlignmentOracle, QNetworkPolicy, align, refine_alignment
 from envs import io
 from envs.dataset import Dataset
 from envs.deformation import (
@@ -290,7 +290,13 @@ def agent_outcome(
     misalignment: float,
 ) -> tuple[PairOutcome, Alignment]:
     result = align(world, pair, policy, start, experiment.search)
-    outcome = PairOutcome(
+    return _outcome(method, pair, result, condition, misalignment), result
+
+
+def _outcome(
+    method: str, pair: AlignmentPair, result: Alignment, condition: str, misalignment: float
+) -> PairOutcome:
+    return PairOutcome(
         method,
         pair.case_id,
         condition,
@@ -300,7 +306,6 @@ def agent_outcome(
         result.seconds,
         result.steps,
     )
-    return outcome, result
 
 
 def sdm_dice(
@@ -387,6 +392,10 @@ def evaluate_rigid(
                 "agent", world, pair, start, q_policy, experiment, condition, misalignment
             )
             outcomes.append(outcome)
+            if experiment.search.refine == "sitk":
+                refined = refine_alignment(world, pair, result, experiment.search)
+                outcomes.append(_outcome("agent+sitk", pair, refined, condition, misalignment))
+                result = refined
             if on_result is not None:
                 on_result(condition, world, pair, result)
             if oracle:

@@ -111,7 +111,27 @@ def bench_sdm(run: Path, baselines: list[str]) -> dict:
     policy = _policy(run, world)
     metrics, rows = evaluate_sdm(experiment, policy, dataset, "test", bundle, baselines=baselines)
     print(markdown_table(metrics, f"SDM: {run.name}, test phantoms"))
-    return {"run": str(run), "metrics": metrics, "rows": rows}
+    return {"run": str(run), "model": model_recovery(bundle.sdm), "metrics": metrics, "rows": rows}
+
+
+def model_recovery(sdm) -> dict:
+    """Principal angles between the fitted modes and the phantom generator's true modes."""
+    from envs.phantom import PhantomConfig, deformation_modes
+
+    true, true_std = deformation_modes(PhantomConfig(spacing_mm=sdm.spacing_mm, n_modes=sdm.k))
+    if true.shape[1:] != sdm.modes.shape[1:]:
+        return {"note": "model grid differs from the phantom grid; no comparison"}
+    a = np.linalg.qr(true.reshape(sdm.k, -1).T.astype(np.float64))[0]
+    b = np.linalg.qr(sdm.modes.reshape(sdm.k, -1).T.astype(np.float64))[0]
+    angles = np.degrees(np.arccos(np.clip(np.linalg.svd(a.T @ b, compute_uv=False), -1.0, 1.0)))
+    print(f"SDM vs the generator's modes: principal angles {np.round(angles, 2).tolist()} deg")
+    print(f"std-devs fitted {np.round(sdm.std_mm, 2).tolist()} mm, true {np.round(true_std, 2).tolist()} mm")
+    return {
+        "principal_angles_deg": angles.tolist(),
+        "std_mm_fitted": sdm.std_mm.tolist(),
+        "std_mm_true": true_std.tolist(),
+        "explained_variance_ratio": sdm.explained_variance_ratio.tolist(),
+    }
 
 
 def bench_real_ct(run: Path, baselines: list[str], trials: int, misalignment: float) -> dict:

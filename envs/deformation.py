@@ -508,7 +508,7 @@ class DeformableWorld(AlignmentWorld):
     def atlas_pyramid(self, preset: str) -> Pyramid:
         if self._atlas_pyramid is None:
             self.check_resolution(self.atlas, "the atlas")
-            self._atlas_pyramid = build_pyramid(self.atlas, self.levels_mm, preset)
+            self._atlas_pyramid = build_pyramid(self.atlas, self.levels_mm, preset, progressive=True)
         return self._atlas_pyramid
 
     def build_pair(self, subject: Subject, variant: int) -> AlignmentPair:
@@ -550,7 +550,7 @@ class DeformableWorld(AlignmentWorld):
     ) -> AlignmentPair:
         self.check_resolution(volume, f"case {case_id!r}")
         self.sdm.check_grid(volume, f"case {case_id!r}")
-        fixed = build_pyramid(volume, self.levels_mm, preset)
+        fixed = build_pyramid(volume, self.levels_mm, preset, progressive=True)
         moving = self.atlas_pyramid(preset)
         center = _body_centre(fixed.levels[0])
         if truth_field is not None:

@@ -495,7 +495,7 @@ class RigidWorld(AlignmentWorld):
         fixed = self.dataset.derived(
             subject.case,
             ("rigid-fixed", self.levels_mm, preset),
-            lambda s: build_pyramid(s.volume, self.levels_mm, preset),
+            lambda s: build_pyramid(s.volume, self.levels_mm, preset, progressive=True),
         )
         center = _body_centre(fixed.levels[0])
         rng = np.random.default_rng(
@@ -513,7 +513,9 @@ class RigidWorld(AlignmentWorld):
                 )
             fixed_points = np.stack([subject.landmarks[n] for n in names])
             moving_points = np.stack([moving_subject.landmarks[n] for n in names])
-            moving = build_pyramid(moving_subject.volume, self.levels_mm, self.preset_for(moving_subject))
+            moving = build_pyramid(
+                moving_subject.volume, self.levels_mm, self.preset_for(moving_subject), progressive=True
+            )
             case_id = f"{subject.case.case_id}->{moving_subject.case.case_id}"
         else:
             truth = np.zeros(6)
@@ -522,7 +524,9 @@ class RigidWorld(AlignmentWorld):
                 truth = np.concatenate([rng.uniform(-mm, mm, 3), rng.uniform(-deg, deg, 3)])
             truth_transform = euler_transform(truth, center)
             # moving(T(p)) == fixed(p): the moving volume samples the fixed one through T^-1.
-            moving = build_pyramid(volume, self.levels_mm, preset, transform=truth_transform.GetInverse())
+            moving = build_pyramid(
+                volume, self.levels_mm, preset, transform=truth_transform.GetInverse(), progressive=True
+            )
             fixed_points = _control_points(fixed.levels[0], self.control_spacing_mm)
             moving_points = _rigid_apply(truth, center, fixed_points)
             case_id = subject.case.case_id
@@ -630,8 +634,8 @@ class RigidWorld(AlignmentWorld):
         """
         self.check_resolution(fixed, "the fixed volume")
         self.check_resolution(moving, "the moving volume")
-        fixed_pyramid = build_pyramid(fixed, self.levels_mm, preset)
-        moving_pyramid = build_pyramid(moving, self.levels_mm, moving_preset or preset)
+        fixed_pyramid = build_pyramid(fixed, self.levels_mm, preset, progressive=True)
+        moving_pyramid = build_pyramid(moving, self.levels_mm, moving_preset or preset, progressive=True)
         center = _body_centre(fixed_pyramid.levels[0])
         if fixed_points is None or moving_points is None:
             fixed_points = _control_points(fixed_pyramid.levels[0], self.control_spacing_mm)

@@ -420,6 +420,7 @@ def build_pyramid(
     preset: str | IntensityPreset = "ct",
     *,
     transform: sitk.Transform | None = None,
+    progressive: bool = False,
 ) -> Pyramid:
     """Normalise ``volume`` with ``preset`` and resample it to each isotropic spacing.
 
@@ -428,6 +429,9 @@ def build_pyramid(
         spacings_mm: level spacings, coarse to fine (strictly decreasing).
         preset: intensity preset name or :class:`IntensityPreset`.
         transform: optional spatial warp applied while resampling (see :func:`resample_isotropic`).
+        progressive: build each coarser level from the next finer one (smoothing only the
+            missing blur) instead of from the original: several times faster on fine data,
+            while every level keeps its anti-aliasing; grids may differ by a fraction of a voxel.
 
     Outside the scanned field of view the levels hold 0 (the preset's lowest intensity).
     """
@@ -438,8 +442,16 @@ def build_pyramid(
         raise ValueError(f"pyramid: spacings_mm must go from coarse to fine (decreasing), got {spacings}")
     unit = volume.with_voxels(_scale_to_unit_range(volume.voxels, _preset(preset)))
     levels = []
-    for spacing in spacings:
-        level = resample_isotropic(unit, spacing, fill_value=0.0, transform=transform)
+    if progressive:
+        finer = resample_isotropic(unit, spacings[-1], fill_value=0.0, transform=transform)
+        built = [finer]
+        for spacing in reversed(spacings[:-1]):
+            finer = resample_isotropic(finer, spacing, fill_value=0.0)
+            built.append(finer)
+        float_levels = built[::-1]
+    else:
+        float_levels = [resample_isotropic(unit, s, fill_value=0.0, transform=transform) for s in spacings]
+    for level in float_levels:
         levels.append(level.with_voxels(np.rint(level.voxels).astype(np.uint8)))
     return Pyramid(tuple(levels), spacings)
 

@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
-from agents.search import AlignmentOracle, align, register, write_registration
+from agents.search import AlignConfig, AlignmentOracle, align, refine_alignment, register, write_registration
 from envs import io
 from envs.dataset import Dataset
 from envs.deformation import (
@@ -394,3 +394,17 @@ def test_sdm_registration_writes_a_displacement_field(tmp_path: Path, shape_data
     image = sitk.ReadImage(str(written["displacement"]))
     assert image.GetNumberOfComponentsPerPixel() == 3
     assert io.read_volume(written["warped_labels"]).voxels.dtype == labels.voxels.dtype
+
+
+def test_refinement_polishes_a_nearby_answer(dataset: Dataset) -> None:
+    world = RigidWorld(dataset, "test", **RIGID)
+    pair = world.pair(0)
+    config = AlignConfig(max_steps_per_level=1, refine="sitk")
+    rough = align(
+        world, pair, AlignmentOracle(world), pair.truth + np.array([2.0, -1.5, 1.0, 1.5, -1.0, 1.0]), config
+    )
+    assert rough.error_mm > 2.0
+    refined = refine_alignment(world, pair, rough, config)
+    assert refined.error_mm < 0.5 * rough.error_mm
+    assert refined.trajectory_levels[-1] == world.n_levels
+    assert refined.seconds > rough.seconds

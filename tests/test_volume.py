@@ -214,3 +214,15 @@ def test_patch_at_the_border_is_padded_with_fill() -> None:
     far = crop_patch(voxels, (100, 100, 100), (3, 5, 7))
     assert far.shape == (3, 5, 7)
     assert not far.any()
+
+
+def test_progressive_pyramid_matches_the_direct_one_closely() -> None:
+    from envs.phantom import PhantomConfig, generate_phantom
+
+    volume = generate_phantom(2, PhantomConfig(spacing_mm=4.0)).volume
+    direct = build_pyramid(volume, (16.0, 8.0, 4.0), "ct")
+    progressive = build_pyramid(volume, (16.0, 8.0, 4.0), "ct", progressive=True)
+    for a, b in zip(direct.levels, progressive.levels, strict=True):
+        assert a.shape_zyx == b.shape_zyx
+        np.testing.assert_allclose(a.origin_lps_mm, b.origin_lps_mm, atol=1e-6)
+        assert np.abs(a.voxels.astype(int) - b.voxels.astype(int)).mean() < 2.0
