@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -451,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--png", type=int, default=3, help="registration tasks: before/after PNGs to write")
     parser.add_argument(
+        "--refine",
+        action="store_true",
+        help="rigid: also report the agent's answer polished by a short SimpleITK optimisation "
+        "(agent+sitk), whatever the run's search.refine says",
+    )
+    parser.add_argument(
         "--register",
         nargs="+",
         type=Path,
@@ -561,6 +568,10 @@ def _run_alignment(args: argparse.Namespace, run: Run) -> int:
     from agents.config import RigidExperiment
 
     experiment = run.experiment
+    if args.refine:
+        if not isinstance(experiment, RigidExperiment):
+            raise ValueError("--refine: only rigid runs can be refined")
+        experiment = replace(experiment, search=replace(experiment.search, refine="sitk"))
     if args.trials < 1:
         raise ValueError(f"--trials: expected >= 1, got {args.trials}")
     if any(not 0 <= m <= 180 for m in args.misalignments):

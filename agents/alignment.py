@@ -290,10 +290,10 @@ def agent_outcome(
     misalignment: float,
 ) -> tuple[PairOutcome, Alignment]:
     result = align(world, pair, policy, start, experiment.search)
-    return _outcome(method, pair, result, condition, misalignment), result
+    return outcome_of(method, pair, result, condition, misalignment), result
 
 
-def _outcome(
+def outcome_of(
     method: str, pair: AlignmentPair, result: Alignment, condition: str, misalignment: float
 ) -> PairOutcome:
     return PairOutcome(
@@ -394,7 +394,7 @@ def evaluate_rigid(
             outcomes.append(outcome)
             if experiment.search.refine == "sitk":
                 refined = refine_alignment(world, pair, result, experiment.search)
-                outcomes.append(_outcome("agent+sitk", pair, refined, condition, misalignment))
+                outcomes.append(outcome_of("agent+sitk", pair, refined, condition, misalignment))
                 result = refined
             if on_result is not None:
                 on_result(condition, world, pair, result)
