@@ -262,9 +262,12 @@ def rigid_baseline_outcome(
     fixed, moving = pair.fixed.levels[finest], pair.moving.levels[finest]
     initial = euler_transform(start, pair.center_lps_mm)
     before = float(world.errors_mm(pair, np.rint(start * UNIT))[0])
+    if method == "elastix":
+        import itk  # noqa: F401  (its first import takes ~10 s: not part of a registration's time)
     began = time.perf_counter()
     if method == "elastix":
-        result = baselines.elastix_rigid_baseline(fixed, moving, initial=initial)
+        # Pyramid levels are uint8 already: no HU window (as for the SimpleITK baselines).
+        result = baselines.elastix_rigid_baseline(fixed, moving, initial=initial, intensity_window=None)
     else:
         presearch = 0.0 if method == "sitk" else 60.0
         config = baselines.RigidBaselineConfig(
