@@ -87,6 +87,9 @@ def test_shipped_configs_load_as_their_tasks() -> None:
     assert isinstance(sdm, SdmExperiment)
     assert sdm.data.phantoms is not None
     assert sdm.data.phantoms.shape_only
+    own = load_experiment("configs/rigid_own_data.yaml")
+    assert isinstance(own, RigidExperiment)
+    assert own.search.refine == "sitk"
 
 
 def test_rigid_greedy_run_is_self_describing(rigid_run: Path) -> None:
