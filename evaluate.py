@@ -590,7 +590,12 @@ def _run_alignment(args: argparse.Namespace, run: Run) -> int:
                 "pip install itk-elastix==0.25.4"
             )
     policy_path = run.policy_path()
-    dataset = _dataset_for(run, args.data)
+    if args.register and args.data is None:
+        # Registering given files needs the run's settings, not its data set: a lazy phantom
+        # stands in (never generated) so that nothing is written or loaded.
+        dataset = Dataset.phantoms(1, 0, 0)
+    else:
+        dataset = _dataset_for(run, args.data)
     bundle = (
         None
         if isinstance(experiment, RigidExperiment)
