@@ -408,3 +408,19 @@ def test_refinement_polishes_a_nearby_answer(dataset: Dataset) -> None:
     assert refined.error_mm < 0.5 * rough.error_mm
     assert refined.trajectory_levels[-1] == world.n_levels
     assert refined.seconds > rough.seconds
+
+
+def test_landmark_pairs_take_their_truth_from_shared_landmarks(dataset: Dataset) -> None:
+    """Two different phantoms: the truth is the rigid fit of their landmarks, errors are at them."""
+    world = RigidWorld(dataset, "train", pairing="landmarks", **RIGID)
+    pair = world.pair(0)
+    assert pair.case_id == "phantom_train_000->phantom_train_001"
+    fixed = dataset.load("phantom_train_000").landmarks
+    assert len(pair.control_fixed_lps_mm) == len(fixed)
+    fitted, rms = rigid_fit(pair.control_fixed_lps_mm, pair.control_moving_lps_mm, pair.center_lps_mm)
+    np.testing.assert_allclose(fitted, pair.truth, atol=1e-9)
+    at_truth = world.errors_mm(pair, np.rint(pair.truth * UNIT))[0]
+    assert at_truth <= rms * 1.5 + 0.01  # the residual of different anatomy, no better
+    result = align(world, pair, AlignmentOracle(world), pair.truth + np.array([15, -10, 5, 10, -5, 8]))
+    assert result.error_mm < result.initial_error_mm
+    assert result.error_mm < at_truth + 1.0
