@@ -363,13 +363,8 @@ def _learn(
         pose_renderer=renderer,
     )
     done_steps = int(state.get("num_timesteps", 0))
-    if args.resume is not None and run.latest_policy.is_file():
-        loaded = load_policy(run.latest_policy, vec_env)
-        model.policy.q_net.load_state_dict(loaded.q_net.state_dict())
-        model.policy.q_net_target.load_state_dict(loaded.q_net.state_dict())
-        model.num_timesteps = done_steps
-        # The replay buffer is not saved: fill it again before the first update.
-        model.learning_starts = done_steps + experiment.agent.learning_starts
+    if args.resume is not None:
+        _resume_model(model, run, vec_env, done_steps, experiment.agent.learning_starts)
     remaining = experiment.train.total_timesteps - done_steps
     if remaining <= 0:
         print(f"train.py: {run.path} already trained {done_steps} steps; nothing to do")
@@ -399,16 +394,9 @@ def _learn(
     )
     minutes = (time.perf_counter() - began) / 60.0
     # 7. summary
-    summary = {
-        "num_timesteps": int(model.num_timesteps),
-        "minutes": minutes,
-        "steps_per_s": (model.num_timesteps - done_steps) / max(minutes * 60.0, 1e-9),
-        "best_val_median_mm": monitor.best_mm,
-        "validations": monitor.history,
-    }
-    atomic_write_text(run.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+    rate = _write_summary(run, monitor, int(model.num_timesteps), done_steps, minutes)
     print(
-        f"train.py: {model.num_timesteps} steps in {minutes:.1f} min ({summary['steps_per_s']:.0f} steps/s); "
+        f"train.py: {model.num_timesteps} steps in {minutes:.1f} min ({rate:.0f} steps/s); "
         f"best validation median {monitor.best_mm:.2f} mm; saved {run.best_policy}"
     )
     vec_env.close()
@@ -529,12 +517,8 @@ def _learn_alignment(
             tensorboard_log=str(run.path / "tb"),
             pose_renderer=train_world.observations_from_poses,
         )
-        if args.resume is not None and run.latest_policy.is_file():
-            loaded = load_policy(run.latest_policy, vec_env)
-            model.policy.q_net.load_state_dict(loaded.q_net.state_dict())
-            model.policy.q_net_target.load_state_dict(loaded.q_net.state_dict())
-            model.num_timesteps = done_steps
-            model.learning_starts = done_steps + config.learning_starts
+        if args.resume is not None:
+            _resume_model(model, run, vec_env, done_steps, config.learning_starts)
         print(f"train.py: {env_id} with {config.algorithm} DQN")
         model.learn(
             remaining,
@@ -546,19 +530,40 @@ def _learn_alignment(
         num_timesteps = int(model.num_timesteps)
         vec_env.close()
     minutes = (time.perf_counter() - began) / 60.0
+    rate = _write_summary(run, monitor, num_timesteps, done_steps, minutes)
+    print(
+        f"train.py: {num_timesteps} samples in {minutes:.1f} min ({rate:.0f}/s); "
+        f"best validation median TRE {monitor.best_mm:.2f} mm; saved {run.best_policy}"
+    )
+    return 0
+
+
+def _resume_model(model: Any, run: Run, vec_env: DummyVecEnv, done_steps: int, learning_starts: int) -> None:
+    """Load the run's latest weights into an SB3 model and continue its step count."""
+    if not run.latest_policy.is_file():
+        return
+    loaded = load_policy(run.latest_policy, vec_env)
+    model.policy.q_net.load_state_dict(loaded.q_net.state_dict())
+    model.policy.q_net_target.load_state_dict(loaded.q_net.state_dict())
+    model.num_timesteps = done_steps
+    # The replay buffer is not saved: fill it again before the first update.
+    model.learning_starts = done_steps + learning_starts
+
+
+def _write_summary(
+    run: Run, monitor: TrainingMonitor, num_timesteps: int, done_steps: int, minutes: float
+) -> float:
+    """Write summary.json; returns the steps (or samples) per second of this session."""
+    rate = (num_timesteps - done_steps) / max(minutes * 60.0, 1e-9)
     summary = {
         "num_timesteps": num_timesteps,
         "minutes": minutes,
-        "steps_per_s": (num_timesteps - done_steps) / max(minutes * 60.0, 1e-9),
+        "steps_per_s": rate,
         "best_val_median_mm": monitor.best_mm,
         "validations": monitor.history,
     }
     atomic_write_text(run.path / "summary.json", json.dumps(summary, indent=2) + "\n")
-    print(
-        f"train.py: {num_timesteps} samples in {minutes:.1f} min ({summary['steps_per_s']:.0f}/s); "
-        f"best validation median TRE {monitor.best_mm:.2f} mm; saved {run.best_policy}"
-    )
-    return 0
+    return rate
 
 
 class _GreedyModel:

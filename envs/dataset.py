@@ -230,6 +230,16 @@ class Dataset:
             raise ValueError(f"dataset {self.source}: unknown split {name!r}; expected one of {SPLITS}")
         return [case for case in self.cases if case.split == name]
 
+    def select(self, split: str, case_ids: Sequence[str] | None = None) -> list[Case]:
+        """Cases of ``split`` (only ``case_ids`` when given, in manifest order); none is an error."""
+        cases = self.split(split)
+        if case_ids is not None:
+            wanted = set(case_ids)
+            cases = [case for case in cases if case.case_id in wanted]
+        if not cases:
+            raise ValueError(f"dataset {self.source}: split {split!r} has no cases; add some to the manifest")
+        return cases
+
     def case(self, case_id: str) -> Case:
         try:
             return self._by_id[case_id]

@@ -98,14 +98,7 @@ class LandmarkWorld:
             raise ValueError(f"preset: expected 'ct', 'ct_soft', 'mr' or None (by modality), got {preset!r}")
         self.dataset = dataset
         self.split = split
-        self.cases = dataset.split(split)
-        if case_ids is not None:
-            wanted = set(case_ids)
-            self.cases = [case for case in self.cases if case.case_id in wanted]
-        if not self.cases:
-            raise ValueError(
-                f"dataset {dataset.source}: split {split!r} has no cases; add some to the manifest"
-            )
+        self.cases = dataset.select(split, case_ids)
         self.landmark_names = tuple(landmark_names)
         if not self.landmark_names:
             raise ValueError(f"dataset {dataset.source}: no landmarks to seek; give landmark files or names")

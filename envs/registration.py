@@ -248,14 +248,7 @@ class AlignmentWorld:
             raise ValueError(f"variants_per_case: expected >= 1, got {variants_per_case}")
         self.dataset = dataset
         self.split = split
-        self.cases = dataset.split(split)
-        if case_ids is not None:
-            wanted = set(case_ids)
-            self.cases = [case for case in self.cases if case.case_id in wanted]
-        if not self.cases:
-            raise ValueError(
-                f"dataset {dataset.source}: split {split!r} has no cases; add some to the manifest"
-            )
+        self.cases = dataset.select(split, case_ids)
         self.levels_mm = levels
         self.obs_size = int(obs_size)
         self.preset = preset
@@ -263,6 +256,7 @@ class AlignmentWorld:
         # Steps in integer thousandths; multiples of 1/UNIT keep states exactly representable.
         self.steps_int = np.maximum(1, np.rint(step_table * UNIT)).astype(np.int64)
         self.variants_per_case = int(variants_per_case)
+        self._key: tuple | None = None
         self.variant_table = np.array(
             [(c, v) for c in range(len(self.cases)) for v in range(self.variants_per_case)], dtype=np.int64
         )
@@ -307,7 +301,9 @@ class AlignmentWorld:
     def pair(self, index: int) -> AlignmentPair:
         case_index, variant = (int(v) for v in self.variant_table[index])
         case = self.cases[case_index]
-        key = (self._pair_key(), variant)
+        if self._key is None:  # subclasses finish their settings after this base __init__
+            self._key = self._pair_key()
+        key = (self._key, variant)
         return self.dataset.derived(case, key, lambda subject: self.build_pair(subject, variant))
 
     def pair_index(self, case_id: str, variant: int = 0) -> int:
