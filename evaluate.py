@@ -31,13 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from agents.config import ConfigError, LandmarkExperiment
 from agents.dqn import load_policy, set_torch_threads
-from agents.runs import Run, atomic_write_text, open_run
+from agents.experiments import ConfigError, LandmarkExperiment, Run, atomic_write_text, open_run
 from agents.search import Detection, OraclePolicy, QNetworkPolicy, detect_landmarks, scored_detections
 from envs import io
-from envs.dataset import Case, Dataset
-from envs.landmark import LandmarkWorld
+from envs.data import Case, Dataset
+from envs.tasks import LandmarkWorld
 
 __all__ = ["compute_metrics", "main"]
 
@@ -556,7 +555,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_alignment(args: argparse.Namespace, run: Run) -> int:
     """Registration runs: TRE before/after, success, time, Dice; baselines side by side."""
-    from agents.alignment import (
+    from agents.experiments import (
+        RigidExperiment,
         evaluate_rigid,
         evaluate_sdm,
         make_alignment_world,
@@ -565,7 +565,6 @@ def _run_alignment(args: argparse.Namespace, run: Run) -> int:
         plot_success,
         prepare_sdm,
     )
-    from agents.config import RigidExperiment
 
     experiment = run.experiment
     if args.refine:
@@ -655,8 +654,7 @@ def _register_files(
 ) -> int:
     from gymnasium import spaces
 
-    from agents.alignment import make_alignment_world
-    from agents.config import RigidExperiment
+    from agents.experiments import RigidExperiment, make_alignment_world
     from agents.search import register, write_registration
 
     world = make_alignment_world(experiment, dataset, "train", training=False, bundle=bundle)

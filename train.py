@@ -31,23 +31,27 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
 import envs
-from agents.alignment import alignment_score, make_alignment_world, prepare_sdm, validate_alignment
-from agents.config import (
+from agents.dqn import build_model, build_policy, load_policy, save_policy, set_torch_threads
+from agents.experiments import (
     ConfigError,
     Experiment,
     LandmarkExperiment,
     RigidExperiment,
+    Run,
     SdmExperiment,
+    alignment_score,
+    atomic_write_text,
+    create_run,
     load_experiment,
+    make_alignment_world,
+    open_run,
+    prepare_sdm,
+    validate_alignment,
 )
-from agents.dqn import build_model, build_policy, load_policy, save_policy, set_torch_threads
 from agents.greedy import GreedyTrainer
-from agents.runs import Run, atomic_write_text, create_run, open_run
 from agents.search import QNetworkPolicy, detect_landmarks, scored_detections
-from envs.dataset import Dataset
-from envs.deformation import DeformableRegistrationEnv
-from envs.landmark import LandmarkWorld
-from envs.registration import AlignmentWorld, RigidRegistrationEnv
+from envs.data import Dataset
+from envs.tasks import AlignmentWorld, DeformableRegistrationEnv, LandmarkWorld, RigidRegistrationEnv
 
 __all__ = ["main", "prepare_dataset", "validate"]
 
@@ -65,7 +69,7 @@ def prepare_dataset(experiment: Experiment) -> Dataset:
     if isinstance(experiment, SdmExperiment):
         # In memory (generated on first use): the SDM task scores against each phantom's true
         # displacement field, which the files on disk do not carry.
-        from envs.deformation import shape_only_config
+        from envs.tasks import shape_only_config
 
         config = PhantomConfig(spacing_mm=spec.spacing_mm)
         if spec.shape_only:
@@ -82,7 +86,7 @@ def prepare_dataset(experiment: Experiment) -> Dataset:
     if not manifest.is_file():
         config = PhantomConfig(spacing_mm=spec.spacing_mm, partial_fov=spec.partial_fov)
         if spec.shape_only:
-            from envs.deformation import shape_only_config
+            from envs.tasks import shape_only_config
 
             config = shape_only_config(config)
         write_phantom_dataset(folder, spec.n_train, spec.n_val, spec.n_test, seed=spec.seed, config=config)

@@ -25,7 +25,7 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional as F
 
-from envs.registration import AlignmentWorld
+from envs.tasks import AlignmentWorld
 
 __all__ = ["GreedyTrainer", "SampleBatch"]
 

@@ -5,13 +5,13 @@ Run: ``.venv/bin/python bench/bench_foundation.py`` (``--quick`` for a smoke run
 
 What is timed (``time.perf_counter``, warm-up calls first, median and p90 over the repeats):
 
-- ``envs.io.read_volume`` and ``envs.volume.build_pyramid`` separately and together (read + build)
+- ``envs.io.read_volume`` and ``envs.core.build_pyramid`` separately and together (read + build)
   for (a) phantom seed 0 at 2 mm (150x160x120 int16) written as ``.nii.gz`` and ``.nrrd``, pyramid
   (8, 4, 2) mm; (b) a realistic 1 mm CT volume of shape (z, y, x) = (182, 218, 182) int16: phantom
   seed 0 resampled to 1 mm with 15 HU noise added at 1 mm (so gzip sees CT-like entropy), pyramid
   (4, 2, 1) mm. ``SimpleITK.ReadImage`` alone is timed too, as the floor of ``read_volume``.
 - ``LandmarkEnv.reset()`` once its cases are loaded and their pyramids cached (target <= 1 ms).
-- ``envs.volume.crop_patch`` of 25^3 and 45^3 uint8 patches inside the 1 mm level and at its border.
+- ``envs.core.crop_patch`` of 25^3 and 45^3 uint8 patches inside the 1 mm level and at its border.
 - ``envs.phantom.generate_phantom``: the first call of a fresh process (which paints the template and
   builds the deformation modes) and later calls, at 2 mm and 1.5 mm, each spacing in its own
   subprocess (wall time of the call only, not the interpreter start).
@@ -43,10 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from envs import io  # noqa: E402 - after the sys.path line, run as a script
-from envs.dataset import Dataset  # noqa: E402
-from envs.landmark import LandmarkEnv  # noqa: E402
+from envs.core import Volume, build_pyramid, crop_patch  # noqa: E402
+from envs.data import Dataset  # noqa: E402
 from envs.phantom import generate_phantom  # noqa: E402
-from envs.volume import Volume, build_pyramid, crop_patch  # noqa: E402
+from envs.tasks import LandmarkEnv  # noqa: E402
 
 #: Shape (z, y, x) of the realistic 1 mm volume (the MNI152 1 mm grid: 182 x 218 x 182 voxels).
 SHAPE_1MM_ZYX = (182, 218, 182)

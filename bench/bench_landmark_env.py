@@ -58,8 +58,8 @@ from bench_foundation import (  # noqa: E402
 from agents.replay import PoseReplayBuffer  # noqa: E402
 from agents.search import AgentState, OraclePolicy, detect_landmarks  # noqa: E402
 from envs import LANDMARK_ENV_ID, io  # noqa: E402
-from envs.dataset import Dataset  # noqa: E402
-from envs.landmark import LandmarkEnv, Variant  # noqa: E402
+from envs.data import Dataset  # noqa: E402
+from envs.tasks import LandmarkEnv, Variant  # noqa: E402
 
 LEVELS_MM = (4.0, 2.0, 1.0)
 STEP_LANDMARK = "T12_body"

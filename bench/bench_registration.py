@@ -87,7 +87,7 @@ def _policy(run: Path, world) -> object:
     from gymnasium import spaces
 
     from agents.dqn import load_policy
-    from agents.runs import open_run
+    from agents.experiments import open_run
 
     return load_policy(
         open_run(run).policy_path(), (world.observation_space(), spaces.Discrete(world.n_actions))
@@ -102,8 +102,7 @@ def _refined(experiment):
 
 
 def bench_rigid(run: Path, baselines: list[str], trials: int, misalignments: list[float]) -> dict:
-    from agents.alignment import evaluate_rigid, make_alignment_world, markdown_table
-    from agents.runs import open_run
+    from agents.experiments import evaluate_rigid, make_alignment_world, markdown_table, open_run
     from train import prepare_dataset
 
     experiment = _refined(open_run(run).experiment)
@@ -119,8 +118,7 @@ def bench_rigid(run: Path, baselines: list[str], trials: int, misalignments: lis
 
 
 def bench_sdm(run: Path, baselines: list[str]) -> dict:
-    from agents.alignment import evaluate_sdm, make_alignment_world, markdown_table, prepare_sdm
-    from agents.runs import open_run
+    from agents.experiments import evaluate_sdm, make_alignment_world, markdown_table, open_run, prepare_sdm
     from train import prepare_dataset
 
     experiment = open_run(run).experiment
@@ -155,18 +153,17 @@ def model_recovery(sdm) -> dict:
 
 def bench_real_ct(run: Path, baselines: list[str], trials: int, misalignment: float) -> dict:
     """The phantom-trained rigid agent on a real chest CT against moved copies of itself."""
-    from agents.alignment import (
+    from agents.experiments import (
         agent_outcome,
         make_alignment_world,
+        open_run,
         outcome_of,
         rigid_baseline_outcome,
         summarise_errors,
     )
-    from agents.runs import open_run
     from agents.search import AlignmentOracle, QNetworkPolicy, refine_alignment
     from envs import io
-    from envs.registration import euler_transform
-    from envs.volume import resample_isotropic
+    from envs.core import euler_transform, resample_isotropic
     from train import prepare_dataset
 
     experiment = _refined(open_run(run).experiment)

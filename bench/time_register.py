@@ -26,12 +26,10 @@ from agents.dqn import set_torch_threads  # noqa: E402  (the repository root is 
 def main(argv: list[str] | None = None) -> int:
     from gymnasium import spaces
 
-    from agents.alignment import make_alignment_world
     from agents.dqn import load_policy
-    from agents.runs import open_run
+    from agents.experiments import make_alignment_world, open_run
     from agents.search import QNetworkPolicy, register
-    from envs.registration import euler_transform
-    from envs.volume import resample_isotropic
+    from envs.core import euler_transform, resample_isotropic
     from train import prepare_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -20,10 +20,8 @@ RIGID_ENV_ID = "medgym/RigidRegistration-v0"
 DEFORMABLE_ENV_ID = "medgym/DeformableRegistration-v0"
 
 if LANDMARK_ENV_ID not in registry:
-    register(id=LANDMARK_ENV_ID, entry_point="envs.landmark:LandmarkEnv", max_episode_steps=50)
+    register(id=LANDMARK_ENV_ID, entry_point="envs.tasks:LandmarkEnv", max_episode_steps=50)
 if RIGID_ENV_ID not in registry:
-    register(id=RIGID_ENV_ID, entry_point="envs.registration:RigidRegistrationEnv", max_episode_steps=50)
+    register(id=RIGID_ENV_ID, entry_point="envs.tasks:RigidRegistrationEnv", max_episode_steps=50)
 if DEFORMABLE_ENV_ID not in registry:
-    register(
-        id=DEFORMABLE_ENV_ID, entry_point="envs.deformation:DeformableRegistrationEnv", max_episode_steps=50
-    )
+    register(id=DEFORMABLE_ENV_ID, entry_point="envs.tasks:DeformableRegistrationEnv", max_episode_steps=50)

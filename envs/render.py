@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from envs.volume import Volume
+from envs.core import Volume
 
 __all__ = ["checkerboard_slices", "orthogonal_slices", "overlay_slices"]
 

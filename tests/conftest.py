@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from envs.volume import Volume
+from envs.core import Volume
 
 OBLIQUE_SHAPE_ZYX = (5, 7, 9)
 OBLIQUE_SPACING_XYZ_MM = (0.7, 1.3, 2.9)

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from agents.baselines import AtlasConfig, AtlasResult, atlas_transfer, multi_atlas_transfer
-from envs.volume import Volume
+from envs.core import Volume
 
 SHAPE_ZYX = (48, 56, 64)
 SPACING_XYZ_MM = (2.0, 2.5, 3.0)
@@ -210,7 +210,7 @@ def test_rejects_inputs_that_are_not_3d(case: dict) -> None:
     one_slice = Volume(case["atlas"].voxels[:1], SPACING_XYZ_MM)
     with pytest.raises(ValueError, match=r"atlas is not a 3-D volume"):
         atlas_transfer(one_slice, case["landmarks"], case["target"])
-    with pytest.raises(ValueError, match=r"must be an envs\.volume\.Volume"):
+    with pytest.raises(ValueError, match=r"must be an envs\.core\.Volume"):
         atlas_transfer(np.asarray(case["atlas"].voxels), case["landmarks"], case["target"])
     with pytest.raises(ValueError, match=r"landmark 'bad'"):
         atlas_transfer(case["atlas"], {"bad": [1.0, np.nan, 2.0]}, case["target"])

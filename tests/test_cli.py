@@ -12,7 +12,7 @@ import yaml
 
 import evaluate
 import train
-from agents.config import ConfigError, load_experiment
+from agents.experiments import ConfigError, load_experiment
 from envs import io
 
 TINY = [
@@ -205,8 +205,7 @@ class _FakeModel:
 def test_best_model_prefers_fewer_misses_and_state_keeps_the_score(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agents.config import LandmarkExperiment
-    from agents.runs import Run
+    from agents.experiments import LandmarkExperiment, Run
 
     inf = float("inf")
     results = iter(

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from envs import io
-from envs.dataset import ByteLRUCache, Dataset
-from envs.volume import Volume
+from envs.core import Volume
+from envs.data import ByteLRUCache, Dataset
 
 
 def _write_case(folder: Path, name: str, offset: float) -> tuple[Path, Path]:

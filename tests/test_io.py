@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 import envs.io as medio
+from envs.core import Volume
 from envs.io import (
     LANDMARK_SUFFIXES,
     VOLUME_SUFFIXES,
@@ -27,7 +28,6 @@ from envs.io import (
     write_transform,
     write_volume,
 )
-from envs.volume import Volume
 
 NIBABEL_DATA = Path(nibabel.testing.data_path)
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])

@@ -10,11 +10,10 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
 from agents.search import OraclePolicy, SearchConfig, detect_landmarks
-from envs.augment import AugmentConfig, augmented_pyramid
-from envs.dataset import Dataset
-from envs.landmark import ACTION_NAMES, ACTIONS_ZYX, LandmarkEnv, LandmarkWorld
+from envs.core import Volume
+from envs.data import AugmentConfig, Dataset, augmented_pyramid
 from envs.phantom import LANDMARK_NAMES
-from envs.volume import Volume
+from envs.tasks import ACTION_NAMES, ACTIONS_ZYX, LandmarkEnv, LandmarkWorld
 
 LEVELS = (8.0, 4.0, 2.0)
 

@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 
 from envs import io
+from envs.core import Volume
 from envs.phantom import (
     LABELS,
     LANDMARK_NAMES,
@@ -20,7 +21,6 @@ from envs.phantom import (
     main,
     mean_phantom,
 )
-from envs.volume import Volume
 
 SEEDS = (0, 1, 2)
 NO_POSE = {"size_std": 0.0, "rotation_deg": 0.0, "translation_mm": 0.0}

@@ -14,29 +14,23 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import envs
 from agents.search import AlignConfig, AlignmentOracle, align, refine_alignment, register, write_registration
 from envs import io
-from envs.dataset import Dataset
-from envs.deformation import (
+from envs.core import Volume, euler_matrix, euler_transform, params_from_transform, rigid_fit
+from envs.data import Dataset
+from envs.phantom import PhantomConfig, deformation_modes, generate_phantom, mean_phantom
+from envs.tasks import (
+    RIGID_ACTION_NAMES,
+    UNIT,
     DeformableWorld,
+    RigidRegistrationEnv,
+    RigidWorld,
     StatisticalDeformationModel,
     dice_scores,
     fit_sdm_from_volumes,
+    multimodal_lut,
     phantom_sdm,
     phantom_structures,
     shape_only_config,
 )
-from envs.phantom import PhantomConfig, deformation_modes, generate_phantom, mean_phantom
-from envs.registration import (
-    RIGID_ACTION_NAMES,
-    UNIT,
-    RigidRegistrationEnv,
-    RigidWorld,
-    euler_matrix,
-    euler_transform,
-    multimodal_lut,
-    params_from_transform,
-    rigid_fit,
-)
-from envs.volume import Volume
 
 SMALL = {"levels_mm": (8.0, 4.0), "obs_size": 17}
 RIGID = {**SMALL, "translation_steps_mm": (6.0, 0.5), "rotation_steps_deg": (6.0, 0.5)}
@@ -365,7 +359,7 @@ def test_real_ct_registers_to_its_moved_copy_and_files_are_readable(tmp_path: Pa
     truth = np.array([25.0, -18.0, 12.0, 20.0, -15.0, 25.0])
     center = fixed.center_lps_mm
     transform = euler_transform(truth, center)
-    from envs.volume import resample_isotropic
+    from envs.core import resample_isotropic
 
     moving = resample_isotropic(fixed, 3.0, transform=transform.GetInverse(), fill_value=-1024.0)
     points = fixed.index_to_lps(np.argwhere(fixed.voxels[::8, ::8, ::8] > -300)[:, ::-1] * 8.0)

@@ -23,8 +23,8 @@ from agents.baselines import (
     elastix_rigid_baseline,
     rigid_baseline,
 )
+from envs.core import Volume
 from envs.phantom import Phantom, PhantomConfig, generate_phantom
-from envs.volume import Volume
 
 # itk's SWIG wrappers emit DeprecationWarnings when imported; not ours to fix.
 pytestmark = pytest.mark.filterwarnings(
@@ -287,7 +287,7 @@ def test_rejects_inputs_that_are_not_3d_volumes(rigid_case: dict, function) -> N
     slice_2d = sitk.GetImageFromArray(np.zeros((56, 64), np.float32))
     with pytest.raises(ValueError, match=r"moving image must be a 3-D image, got a 2-D"):
         function(fixed, slice_2d)
-    with pytest.raises(ValueError, match=r"fixed image must be an envs\.volume\.Volume"):
+    with pytest.raises(ValueError, match=r"fixed image must be an envs\.core\.Volume"):
         function(np.asarray(fixed.voxels), fixed)
     with pytest.raises(ValueError, match=r"fixed image is not a 3-D volume"):
         function(Volume(fixed.voxels[:1], fixed.spacing_xyz_mm), fixed)

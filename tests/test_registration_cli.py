@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 import evaluate
 import train
-from agents.config import ConfigError, RigidExperiment, SdmExperiment, load_experiment
+from agents.experiments import ConfigError, RigidExperiment, SdmExperiment, load_experiment
 from envs import io
 
 NETWORK = [
@@ -146,7 +146,7 @@ def test_dqn_also_trains_on_the_rigid_env(cache: Path, tmp_path: Path) -> None:
 
 
 def test_sdm_run_saves_its_model_and_evaluates_with_dice(sdm_run: Path, tmp_path: Path) -> None:
-    from envs.deformation import StatisticalDeformationModel
+    from envs.tasks import StatisticalDeformationModel
 
     model = StatisticalDeformationModel.load(sdm_run / "sdm.npz")
     assert model.k == 3
@@ -183,7 +183,7 @@ def test_evaluate_register_needs_two_files_for_rigid(rigid_run: Path, capsys: py
 
 
 def test_validation_scores_prefer_success_then_median() -> None:
-    from agents.alignment import alignment_score
+    from agents.experiments import alignment_score
 
     better = {"success_rate": 0.9, "median_mm": 1.5, "p95_mm": 9.0}
     worse = {"success_rate": 0.8, "median_mm": 1.0, "p95_mm": 2.0}

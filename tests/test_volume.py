@@ -12,7 +12,7 @@ from conftest import OBLIQUE_SPACING_XYZ_MM as SPACING_XYZ
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.volume import (
+from envs.core import (
     PRESETS,
     IntensityPreset,
     Volume,

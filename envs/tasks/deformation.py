@@ -26,8 +26,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
-from envs.dataset import Dataset, Subject
-from envs.registration import (
+from envs.core import Pyramid, Volume, build_pyramid
+from envs.data import Dataset, Subject
+from envs.tasks.registration import (
     UNIT,
     AlignmentEnv,
     AlignmentPair,
@@ -36,15 +37,18 @@ from envs.registration import (
     _control_points,
     _grid_points,
 )
-from envs.volume import Pyramid, Volume, build_pyramid
 
 __all__ = [
+    "DICE_STRUCTURES",
+    "SDM_FORMAT",
+    "SDM_VERSION",
     "DeformableRegistrationEnv",
     "DeformableWorld",
     "StatisticalDeformationModel",
     "dice_scores",
     "fit_sdm_from_volumes",
     "phantom_sdm",
+    "phantom_structures",
     "shape_only_config",
 ]
 
@@ -642,7 +646,7 @@ class DeformableRegistrationEnv(AlignmentEnv):
     pass ``options={"params": zeros}`` to start from the mean shape. Options as the rigid env.
 
     ## Episode End
-    As :class:`~envs.registration.RigidRegistrationEnv`: terminated below
+    As :class:`~envs.tasks.registration.RigidRegistrationEnv`: terminated below
     ``tre_threshold_mm`` at the finest level in training; oscillation moves a level down at test.
 
     ## Arguments

@@ -26,9 +26,15 @@ from typing import Any
 
 import yaml
 
-from agents.config import Experiment, experiment_from_mapping, to_mapping
+from agents.experiments.config import Experiment, experiment_from_mapping, to_mapping
 
-__all__ = ["Run", "atomic_write_text", "create_run", "open_run", "package_versions"]
+__all__ = [
+    "Run",
+    "atomic_write_text",
+    "create_run",
+    "open_run",
+    "package_versions",
+]
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -35,9 +35,17 @@ import yaml
 
 from envs import io
 from envs.phantom import SPLIT_SEED_OFFSETS
-from envs.volume import Volume
+from envs.core import Volume
 
-__all__ = ["MODALITIES", "SPLITS", "ByteLRUCache", "Case", "Dataset", "Subject", "nbytes_of"]
+__all__ = [
+    "ByteLRUCache",
+    "Case",
+    "Dataset",
+    "MODALITIES",
+    "SPLITS",
+    "Subject",
+    "nbytes_of",
+]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MODALITIES: tuple[str, ...] = ("ct", "mr")

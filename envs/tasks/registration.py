@@ -5,7 +5,7 @@ Two families share one episode logic (:class:`AlignmentEnv`):
 * rigid (Liao et al., AAAI 2017): 12 actions of +-translation (mm) and +-rotation (degrees)
   about each LPS axis, here (:class:`RigidRegistrationEnv`);
 * statistical deformation model (Krebs et al., MICCAI 2017): +-steps on the coefficients of
-  PCA modes of displacement fields, in :mod:`envs.deformation`.
+  PCA modes of displacement fields, in :mod:`envs.tasks.deformation`.
 
 Conventions. A registration transform ``T`` maps a point ``p`` of the FIXED volume (LPS mm) to
 the corresponding point ``T(p)`` of the MOVING volume, as SimpleITK's registration results
@@ -21,7 +21,6 @@ standard deviations), so a replay buffer can store it exactly in an int32 pose.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,23 +34,30 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from envs.dataset import Dataset, Subject
-from envs.landmark import _stable_hash
-from envs.volume import Pyramid, Volume, build_pyramid, crop_patch
+from envs.core import (
+    Pyramid,
+    Volume,
+    apply_rigid,
+    build_pyramid,
+    crop_patch,
+    euler_matrix,
+    euler_transform,
+    rigid_fit,
+    stable_hash,
+)
+from envs.data import Dataset, Subject
 
 __all__ = [
     "CONTRASTS",
     "RIGID_ACTION_NAMES",
+    "RIGID_PARAM_NAMES",
+    "UNIT",
     "AlignmentEnv",
     "AlignmentPair",
     "AlignmentWorld",
     "RigidRegistrationEnv",
     "RigidWorld",
-    "euler_matrix",
-    "euler_transform",
     "multimodal_lut",
-    "params_from_transform",
-    "rigid_fit",
 ]
 
 UNIT = 1000  # state parameters are integers in thousandths (of mm, degrees, or std-devs)
@@ -61,94 +67,6 @@ RIGID_ACTION_NAMES: tuple[str, ...] = tuple(
     f"{sign}{name}" for name in ("tx", "ty", "tz", "rx", "ry", "rz") for sign in ("+", "-")
 )
 _PRESET_BY_MODALITY = {"ct": "ct", "mr": "mr"}
-
-
-# ---------------------------------------------------------------------- rigid geometry
-def euler_matrix(angles_deg: NDArray | Sequence[float]) -> NDArray[np.float64]:
-    """``Rz @ Ry @ Rx`` for angles (degrees) about the LPS x, y, z axes.
-
-    The rotation of ``sitk.Euler3DTransform`` with ``ComputeZYX`` on (see :func:`euler_transform`).
-    """
-    ax, ay, az = np.radians(np.asarray(angles_deg, dtype=np.float64))
-    cx, sx, cy, sy, cz, sz = (
-        math.cos(ax),
-        math.sin(ax),
-        math.cos(ay),
-        math.sin(ay),
-        math.cos(az),
-        math.sin(az),
-    )
-    rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
-    ry = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
-    rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
-    return rz @ ry @ rx
-
-
-def euler_transform(params: NDArray | Sequence[float], center_lps_mm: NDArray) -> sitk.Euler3DTransform:
-    """The SimpleITK transform of rigid parameters ``(tx, ty, tz mm, rx, ry, rz deg)`` about a centre.
-
-    ``T(p) = R (p - c) + c + t`` with ``R = Rz Ry Rx``; it maps fixed points to moving points.
-    """
-    params = np.asarray(params, dtype=np.float64)
-    transform = sitk.Euler3DTransform()
-    transform.SetComputeZYX(True)
-    transform.SetCenter([float(v) for v in center_lps_mm])
-    transform.SetRotation(*[math.radians(float(v)) for v in params[3:6]])
-    transform.SetTranslation([float(v) for v in params[:3]])
-    return transform
-
-
-def params_from_matrix(rotation: NDArray, translation: NDArray) -> NDArray[np.float64]:
-    """``(tx, ty, tz, rx, ry, rz)`` of ``T(p) = R (p - c) + c + t`` (angles in degrees, ``R = Rz Ry Rx``)."""
-    ry = math.asin(float(np.clip(-rotation[2, 0], -1.0, 1.0)))
-    if abs(math.cos(ry)) > 1e-9:
-        rx = math.atan2(rotation[2, 1], rotation[2, 2])
-        rz = math.atan2(rotation[1, 0], rotation[0, 0])
-    else:  # gimbal lock: rx and rz share one axis; put it all in rz
-        rx = 0.0
-        rz = math.atan2(-rotation[0, 1], rotation[1, 1])
-    return np.concatenate([np.asarray(translation, np.float64), np.degrees([rx, ry, rz])])
-
-
-def params_from_transform(transform: sitk.Transform, center_lps_mm: NDArray) -> NDArray[np.float64]:
-    """Rigid parameters about ``center_lps_mm`` of any (near-)rigid SimpleITK transform, from its action."""
-    center = np.asarray(center_lps_mm, dtype=np.float64)
-    image = np.asarray(transform.TransformPoint([float(v) for v in center]))
-    columns = [
-        np.asarray(transform.TransformPoint([float(v) for v in center + np.eye(3)[i] * 50.0])) - image
-        for i in range(3)
-    ]
-    rotation, _ = _orthonormalise(np.stack(columns, axis=1) / 50.0)
-    return params_from_matrix(rotation, image - center)
-
-
-def _orthonormalise(matrix: NDArray) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    u, s, vt = np.linalg.svd(matrix)
-    d = np.sign(np.linalg.det(u @ vt))
-    return u @ np.diag([1.0, 1.0, d]) @ vt, s
-
-
-def rigid_fit(
-    fixed_points: NDArray, moving_points: NDArray, center_lps_mm: NDArray
-) -> tuple[NDArray[np.float64], float]:
-    """Least-squares rigid ``T`` with ``T(fixed) ~ moving`` (Kabsch): its parameters and RMS residual (mm)."""
-    fixed_points = np.asarray(fixed_points, np.float64)
-    moving_points = np.asarray(moving_points, np.float64)
-    fixed_mean, moving_mean = fixed_points.mean(axis=0), moving_points.mean(axis=0)
-    covariance = (moving_points - moving_mean).T @ (fixed_points - fixed_mean)
-    rotation, _ = _orthonormalise(covariance)
-    center = np.asarray(center_lps_mm, np.float64)
-    # T(p) = R (p - c) + c + t and T(fixed_mean) = moving_mean.
-    translation = moving_mean - rotation @ (fixed_mean - center) - center
-    params = params_from_matrix(rotation, translation)
-    mapped = (fixed_points - center) @ rotation.T + center + translation
-    rms = float(np.sqrt(np.mean(np.sum((mapped - moving_points) ** 2, axis=1))))
-    return params, rms
-
-
-def _rigid_apply(params: NDArray, center: NDArray, points: NDArray) -> NDArray:
-    rotation = euler_matrix(params[3:6])
-    return (points - center) @ rotation.T + center + params[:3]
 
 
 # ---------------------------------------------------------------------- contrast
@@ -495,7 +413,7 @@ class RigidWorld(AlignmentWorld):
         )
         center = _body_centre(fixed.levels[0])
         rng = np.random.default_rng(
-            np.random.SeedSequence([self.seed, _stable_hash(subject.case.case_id), variant])
+            np.random.SeedSequence([self.seed, stable_hash(subject.case.case_id), variant])
         )
         if self.pairing == "landmarks":
             moving_subject = self._partner(subject)
@@ -524,7 +442,7 @@ class RigidWorld(AlignmentWorld):
                 volume, self.levels_mm, preset, transform=truth_transform.GetInverse(), progressive=True
             )
             fixed_points = _control_points(fixed.levels[0], self.control_spacing_mm)
-            moving_points = _rigid_apply(truth, center, fixed_points)
+            moving_points = apply_rigid(truth, center, fixed_points)
             case_id = subject.case.case_id
         moving = self._vary(moving, variant, rng)
         truth, _ = rigid_fit(fixed_points, moving_points, center)
@@ -597,7 +515,7 @@ class RigidWorld(AlignmentWorld):
         rows = np.atleast_2d(np.asarray(params, dtype=np.float64)) / UNIT
         errors = np.empty(len(rows))
         for i, values in enumerate(rows):
-            mapped = _rigid_apply(values, pair.center_lps_mm, pair.control_fixed_lps_mm)
+            mapped = apply_rigid(values, pair.center_lps_mm, pair.control_fixed_lps_mm)
             errors[i] = float(np.mean(np.linalg.norm(mapped - pair.control_moving_lps_mm, axis=1)))
         return errors
 
@@ -902,7 +820,7 @@ class RigidRegistrationEnv(AlignmentEnv):
     :meth:`observations_from_poses` rebuilds observations exactly).
 
     ## Arguments
-    ``dataset`` (a :class:`~envs.dataset.Dataset`, a manifest path, or ``None`` for in-memory
+    ``dataset`` (a :class:`~envs.data.Dataset`, a manifest path, or ``None`` for in-memory
     phantoms: 8 train, 2 val, 2 test at 2 mm), ``split``, ``schedule``, ``tre_threshold_mm``,
     ``render_mode`` (``"rgb_array"``: fixed/moving overlay), and every :class:`RigidWorld`
     argument (``levels_mm``, ``obs_size``, steps, misalignment, ``contrast``, ``partial_fov``,

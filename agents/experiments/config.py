@@ -19,7 +19,7 @@ import yaml
 
 from agents.dqn import AgentConfig
 from agents.search import AlignConfig, SearchConfig
-from envs.augment import AugmentConfig
+from envs.data import AugmentConfig
 
 __all__ = [
     "TASKS",

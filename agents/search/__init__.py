@@ -22,8 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from envs.landmark import ACTIONS_ZYX, LandmarkWorld, Variant
-from envs.registration import UNIT, AlignmentPair, AlignmentWorld
+from envs.tasks import ACTIONS_ZYX, UNIT, AlignmentPair, AlignmentWorld, LandmarkWorld, Variant
 
 __all__ = [
     "AgentState",
@@ -526,7 +525,8 @@ def refine_alignment(
     the agent's); ``seconds`` then includes the refinement.
     """
     from agents.baselines import RigidBaselineConfig, rigid_baseline
-    from envs.registration import RigidWorld, params_from_transform
+    from envs.core import params_from_transform
+    from envs.tasks import RigidWorld
 
     if not isinstance(world, RigidWorld):
         raise ValueError("refine: only rigid registrations can be refined (refine: none for the SDM)")
@@ -565,7 +565,7 @@ def refine_alignment(
 
 
 def _as_volume(image: Any, role: str) -> Any:
-    from envs.volume import Volume
+    from envs.core import Volume
 
     if isinstance(image, Volume):
         return image
@@ -580,7 +580,7 @@ def _as_volume(image: Any, role: str) -> Any:
                 "(fixed and moving of the same dimensionality)"
             )
         return Volume.from_sitk(image, name=role)
-    raise ValueError(f"register: the {role} image must be an envs.volume.Volume or a 3-D SimpleITK image")
+    raise ValueError(f"register: the {role} image must be an envs.core.Volume or a 3-D SimpleITK image")
 
 
 def register(
@@ -606,7 +606,7 @@ def register(
         ValueError: images of other dimensionality, or a moving volume that does not overlap
             the fixed volume's region of interest under the initial transform.
     """
-    from envs.deformation import DeformableWorld
+    from envs.tasks import DeformableWorld
 
     fixed = _as_volume(fixed, "fixed")
     if isinstance(world, DeformableWorld):
@@ -622,7 +622,7 @@ def register(
         elif isinstance(initial, np.ndarray | list | tuple):
             start = np.asarray(initial, np.float64)
         else:
-            from envs.registration import params_from_transform
+            from envs.core import params_from_transform
 
             start = params_from_transform(initial, pair.center_lps_mm)
     first = world.render_moving(pair, 0, np.rint(start * UNIT).astype(np.int64))
@@ -662,9 +662,9 @@ def write_registration(
     """
     import SimpleITK as sitk
 
-    from agents.runs import atomic_write_text
     from envs import io
-    from envs.volume import Volume
+    from envs.core import Volume
+    from envs.io.atomic import atomic_write_text
 
     out = Path(folder)
     written: dict[str, Path] = {}

@@ -19,11 +19,16 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import NDArray
 
-from envs.augment import AugmentConfig, augmented_pyramid
-from envs.dataset import Dataset, Subject
-from envs.volume import Pyramid, build_pyramid, crop_patch
+from envs.core import Pyramid, build_pyramid, crop_patch, stable_hash
+from envs.data import AugmentConfig, Dataset, Subject, augmented_pyramid
 
-__all__ = ["ACTIONS_ZYX", "ACTION_NAMES", "LandmarkEnv", "LandmarkWorld", "Variant"]
+__all__ = [
+    "ACTIONS_ZYX",
+    "ACTION_NAMES",
+    "LandmarkEnv",
+    "LandmarkWorld",
+    "Variant",
+]
 
 # Canonical levels have identity direction in LPS: +z superior, +y posterior, +x left.
 ACTIONS_ZYX: NDArray[np.int64] = np.array(
@@ -175,9 +180,9 @@ class LandmarkWorld:
             pyramid = build_pyramid(volume, self.levels_mm, preset)
         else:
             seed = int(
-                np.random.SeedSequence(
-                    [self.seed, _stable_hash(subject.case.case_id), aug_id]
-                ).generate_state(1)[0]
+                np.random.SeedSequence([self.seed, stable_hash(subject.case.case_id), aug_id]).generate_state(
+                    1
+                )[0]
             )
             pyramid, landmarks = augmented_pyramid(
                 volume, landmarks, self.levels_mm, preset, self.augment, seed
@@ -240,14 +245,6 @@ class LandmarkWorld:
         }
 
 
-def _stable_hash(text: str) -> int:
-    """A process-independent hash (Python's ``hash`` of str is salted per process)."""
-    value = 0
-    for byte in text.encode():
-        value = (value * 131 + byte) % (2**31 - 1)
-    return value
-
-
 class LandmarkEnv(gym.Env):
     """Walk through a 3-D volume to an anatomical landmark, coarse to fine.
 
@@ -297,7 +294,7 @@ class LandmarkEnv(gym.Env):
     :meth:`LandmarkWorld.observations_from_poses` rebuilds observations exactly).
 
     ## Arguments
-    * ``dataset``: a :class:`~envs.dataset.Dataset`, a manifest path, or ``None`` for
+    * ``dataset``: a :class:`~envs.data.Dataset`, a manifest path, or ``None`` for
       in-memory synthetic CT phantoms (8 train, 2 val, 2 test).
     * ``split``: ``"train"``, ``"val"`` or ``"test"``.
     * ``landmarks``: names to seek (default: all in the data).
@@ -305,7 +302,7 @@ class LandmarkEnv(gym.Env):
       be finer than the data.
     * ``patch_size``: odd, >= 5 (25 and 45 tested). ``frames``: history length.
     * ``preset``: intensity preset (``"ct"``, ``"ct_soft"``, ``"mr"``; default by modality).
-    * ``augment``: :class:`~envs.augment.AugmentConfig` (training-time variants) or ``None``.
+    * ``augment``: :class:`~envs.data.AugmentConfig` (training-time variants) or ``None``.
     * ``schedule``: ``"random"`` or ``"coarse"``. ``start_radius_vox``: see Starting State.
     * ``render_mode``: ``"rgb_array"`` gives three orthogonal slices through the agent with
       its trajectory (yellow) and the landmark (red).

@@ -16,30 +16,48 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agents.config import RigidExperiment, SdmExperiment
+from agents.experiments.config import RigidExperiment, SdmExperiment
 from agents.search import Alignment, AlignmentOracle, QNetworkPolicy, align, refine_alignment
 from envs import io
-from envs.dataset import Dataset
-from envs.deformation import (
+from envs.core import Volume, euler_transform
+from envs.data import Dataset
+from envs.tasks import (
+    UNIT,
+    AlignmentPair,
+    AlignmentWorld,
     DeformableWorld,
+    RigidWorld,
     StatisticalDeformationModel,
     dice_scores,
     fit_sdm_from_volumes,
     phantom_sdm,
     phantom_structures,
 )
-from envs.registration import UNIT, AlignmentPair, AlignmentWorld, RigidWorld, euler_transform
-from envs.volume import Volume
 
 __all__ = [
+    "CONDITIONS",
+    "RIGID_BASELINES",
     "SUCCESS_MM",
+    "PairOutcome",
     "SdmBundle",
+    "agent_outcome",
     "alignment_score",
+    "evaluate_rigid",
+    "evaluate_sdm",
     "evaluation_offsets",
     "make_alignment_world",
+    "markdown_table",
+    "metrics_from_outcomes",
+    "outcome_of",
+    "overlay_png",
+    "plot_success",
     "prepare_sdm",
+    "rigid_baseline_outcome",
+    "rigid_pairs",
+    "sdm_dice",
     "summarise_errors",
     "validate_alignment",
+    "validation_starts",
 ]
 
 SUCCESS_MM = 2.0  # a registration succeeds when its mean TRE is below this (issue #4, FACTS.md)

@@ -2,7 +2,7 @@
 
 This is the only module of medgym that touches medical file formats (see ARCHITECTURE.md).
 Everything it returns is in medgym's conventions: voxels ``(z, y, x)`` in a
-:class:`~envs.volume.Volume`, points in physical LPS millimetres.
+:class:`~envs.core.Volume`, points in physical LPS millimetres.
 
 Volumes (SimpleITK underneath):
     NIfTI-1 (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
@@ -70,7 +70,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from envs.volume import Volume
+from envs.core import Volume
 
 __all__ = [
     "COORDINATE_SYSTEMS",

@@ -46,7 +46,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
-from envs.volume import Volume
+from envs.core import Volume
 
 __all__ = [
     "HU",
@@ -1266,7 +1266,7 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 # Seed offsets keep splits disjoint and stable when the number of cases changes
-# (the same offsets as envs.dataset.Dataset.phantoms).
+# (the same offsets as envs.data.Dataset.phantoms).
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 100_000, "test": 200_000}
 
 

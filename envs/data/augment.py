@@ -16,9 +16,14 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy.spatial.transform import Rotation
 
-from envs.volume import IntensityPreset, Pyramid, Volume, build_pyramid
+from envs.core import IntensityPreset, Pyramid, Volume, build_pyramid
 
-__all__ = ["AugmentConfig", "augmented_pyramid", "invert_point", "random_transform"]
+__all__ = [
+    "AugmentConfig",
+    "augmented_pyramid",
+    "invert_point",
+    "random_transform",
+]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 :func:`atlas_transfer` registers one *atlas* (a training volume whose landmarks are known)
 to a *target* volume with SimpleITK and carries the landmarks over; :func:`multi_atlas_transfer`
 does that for several atlases and fuses the estimates with a per-landmark coordinate-wise
-median. All points are LPS millimetres (SimpleITK's world frame, see :mod:`envs.volume`).
+median. All points are LPS millimetres (SimpleITK's world frame, see :mod:`envs.core`).
 
 The registration is a standard intensity-based pipeline at sensible settings: a centred
 initialisation (image moments or geometry), a multi-resolution rigid stage (versor rigid,
@@ -43,7 +43,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import ArrayLike, NDArray
 
-from envs.volume import Volume
+from envs.core import Volume
 
 __all__ = [
     "AtlasConfig",
@@ -296,7 +296,7 @@ def _check_volume(volume: object, role: str, caller: str = "atlas_transfer") -> 
         volume = Volume.from_sitk(volume, name=role)
     if not isinstance(volume, Volume):
         raise ValueError(
-            f"{caller}: the {role} must be an envs.volume.Volume (or a 3-D SimpleITK image), "
+            f"{caller}: the {role} must be an envs.core.Volume (or a 3-D SimpleITK image), "
             f"got {type(volume).__name__}; wrap arrays with Volume(voxels_zyx, spacing_xyz_mm, ...) "
             "so that they carry their physical geometry"
         )

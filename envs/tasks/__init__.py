@@ -1,0 +1,63 @@
+"""Layer 5: the worlds and Gymnasium envs of each task, on one shared base."""
+
+from envs.tasks.deformation import (
+    DICE_STRUCTURES,
+    SDM_FORMAT,
+    SDM_VERSION,
+    DeformableRegistrationEnv,
+    DeformableWorld,
+    StatisticalDeformationModel,
+    dice_scores,
+    fit_sdm_from_volumes,
+    phantom_sdm,
+    phantom_structures,
+    shape_only_config,
+)
+from envs.tasks.landmark import (
+    ACTION_NAMES,
+    ACTIONS_ZYX,
+    LandmarkEnv,
+    LandmarkWorld,
+    Variant,
+)
+from envs.tasks.registration import (
+    CONTRASTS,
+    RIGID_ACTION_NAMES,
+    RIGID_PARAM_NAMES,
+    UNIT,
+    AlignmentEnv,
+    AlignmentPair,
+    AlignmentWorld,
+    RigidRegistrationEnv,
+    RigidWorld,
+    multimodal_lut,
+)
+
+__all__ = [
+    "ACTIONS_ZYX",
+    "ACTION_NAMES",
+    "CONTRASTS",
+    "DICE_STRUCTURES",
+    "RIGID_ACTION_NAMES",
+    "RIGID_PARAM_NAMES",
+    "SDM_FORMAT",
+    "SDM_VERSION",
+    "UNIT",
+    "AlignmentEnv",
+    "AlignmentPair",
+    "AlignmentWorld",
+    "DeformableRegistrationEnv",
+    "DeformableWorld",
+    "LandmarkEnv",
+    "LandmarkWorld",
+    "RigidRegistrationEnv",
+    "RigidWorld",
+    "StatisticalDeformationModel",
+    "Variant",
+    "dice_scores",
+    "fit_sdm_from_volumes",
+    "multimodal_lut",
+    "phantom_sdm",
+    "phantom_structures",
+    "shape_only_config",
+]
