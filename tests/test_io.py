@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
 import struct
@@ -16,11 +17,11 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-import envs.io as medio
 from envs.core import Volume
 from envs.io import (
     LANDMARK_SUFFIXES,
     VOLUME_SUFFIXES,
+    headers,
     read_landmarks,
     read_transform,
     read_volume,
@@ -482,7 +483,7 @@ def failing_write(image: sitk.Image, filename: str, *args: object) -> None:
 def test_failed_volume_write_leaves_no_file(
     oblique_volume: Volume, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
 ) -> None:
-    monkeypatch.setattr(medio.sitk, "WriteImage", failing_write)
+    monkeypatch.setattr(sitk, "WriteImage", failing_write)
     path = tmp_path / f"ct{suffix}"
     with pytest.raises(ValueError, match="could not write") as error:
         write_volume(oblique_volume, path)
@@ -495,7 +496,7 @@ def test_failed_volume_write_keeps_the_old_file(
 ) -> None:
     path = write_volume(oblique_volume, tmp_path / "ct.nii.gz")
     before = path.read_bytes()
-    monkeypatch.setattr(medio.sitk, "WriteImage", failing_write)
+    monkeypatch.setattr(sitk, "WriteImage", failing_write)
     with pytest.raises(ValueError, match="could not write"):
         write_volume(oblique_volume.with_voxels(np.zeros(oblique_volume.shape_zyx, np.int16)), path)
     assert path.read_bytes() == before
@@ -849,7 +850,7 @@ def test_failed_landmark_write_leaves_no_file(
     def failing_replace(source: object, target: object) -> None:
         raise OSError("rename failed (simulated)")
 
-    monkeypatch.setattr(medio.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="simulated"):
         write_landmarks(LANDMARKS, tmp_path / f"points{suffix}")
     assert list(tmp_path.iterdir()) == []
@@ -889,5 +890,5 @@ def test_gzip_helper_detects_a_cut_stream(tmp_path: Path) -> None:
     payload = gzip.compress(np.random.default_rng(0).bytes(10_000))
     path.write_bytes(payload[: len(payload) // 2])
     with pytest.raises(ValueError, match="truncated or corrupt gzip") as error:
-        medio._decompressed_size_at_least(path, 10_000)
+        headers._decompressed_size_at_least(path, 10_000)
     assert_message(error, path)

@@ -6,17 +6,29 @@ renamed onto the target with ``os.replace``. Readers see the old file or the com
 never a part; a failure or an interrupt removes the temporary file and leaves the target as it
 was. The temporary name keeps the target's suffix, because some writers (SimpleITK,
 matplotlib) pick the format by it.
+
+Writers whose output is several files that name each other (a detached ``.nhdr``/``.mhd``
+header and its data file) cannot use temporary names; :func:`atomic_staging` gives them a
+private folder instead, whose files are committed one by one the same way.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text", "temporary_sibling"]
+__all__ = [
+    "atomic_path",
+    "atomic_staging",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "temporary_sibling",
+]
 
 # The compound suffixes writers care about; otherwise the last suffix is kept.
 _COMPOUND_SUFFIXES = (".nii.gz", ".mrk.json", ".tar.gz")
@@ -30,16 +42,23 @@ def _format_suffix(path: Path) -> str:
     return path.suffix
 
 
+def _hidden_name(stem: str) -> str:
+    return f".{stem}.tmp-{secrets.token_hex(6)}"
+
+
 def temporary_sibling(path: str | os.PathLike[str], suffix: str | None = None) -> Path:
     """A fresh hidden name next to ``path`` that ends in ``suffix`` (default: the path's own format suffix).
 
     >>> temporary_sibling("out/ct.nii.gz").name.endswith(".nii.gz")
     True
+    >>> temporary_sibling("out/CT.NII.GZ", ".nii.gz").name.startswith(".CT.tmp-")
+    True
     """
     path = Path(path)
     suffix = _format_suffix(path) if suffix is None else suffix
-    stem = path.name[: len(path.name) - len(suffix)] if suffix and path.name.endswith(suffix) else path.name
-    return path.parent / f".{stem}.tmp-{secrets.token_hex(6)}{suffix}"
+    has_suffix = suffix and path.name.lower().endswith(suffix.lower())
+    stem = path.name[: len(path.name) - len(suffix)] if has_suffix else path.name
+    return path.parent / f"{_hidden_name(stem)}{suffix}"
 
 
 def _umask() -> int:
@@ -48,9 +67,12 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as stream:
+def _commit(written: Path, target: Path) -> None:
+    """fsync ``written``, give it ordinary permissions and rename it onto ``target`` (same folder)."""
+    with open(written, "rb") as stream:
         os.fsync(stream.fileno())
+    os.chmod(written, 0o666 & ~_umask())
+    os.replace(written, target)
 
 
 @contextmanager
@@ -73,11 +95,42 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     temporary = temporary_sibling(path, suffix)
     try:
         yield temporary
-        _fsync_file(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
+        _commit(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_staging(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield ``path``'s name inside a private folder next to it; commit what is written there.
+
+    For writers that produce several files named after the target and naming each other, such
+    as SimpleITK writing a detached header ``ct.nhdr`` that refers to ``ct.raw.gz``: the files
+    must keep their final names, so they are written into a hidden staging folder in the
+    target's folder. When the ``with`` body succeeds, every file in the staging folder is
+    fsynced, given ordinary permissions and renamed beside ``path`` (each one atomically),
+    ``path`` itself last, so a reader that finds the new header finds its new data. On failure
+    the staging folder is removed and the targets are left as they were.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with atomic_staging(folder / "ct.mhd") as staged:
+    ...     _ = staged.write_text("ElementDataFile = ct.raw")
+    ...     _ = staged.with_name("ct.raw").write_bytes(b"voxels")
+    >>> sorted(entry.name for entry in folder.iterdir())
+    ['ct.mhd', 'ct.raw']
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / _hidden_name(path.name)
+    staging.mkdir()
+    try:
+        yield staging / path.name
+        # Data files first, the file named like the target (the header) last.
+        for written in sorted(staging.iterdir(), key=lambda entry: entry.name == path.name):
+            _commit(written, path.parent / written.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
