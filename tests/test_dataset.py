@@ -10,6 +10,7 @@ import pytest
 from envs import io
 from envs.core import Volume
 from envs.data import ByteLRUCache, Dataset
+from envs.phantom import phantom_dataset
 
 
 def _write_case(folder: Path, name: str, offset: float) -> tuple[Path, Path]:
@@ -97,10 +98,10 @@ def test_derived_data_is_cached_per_key(csv_manifest: Path) -> None:
 
 
 def test_phantom_dataset_has_disjoint_reproducible_splits() -> None:
-    dataset = Dataset.phantoms(3, 2, 1, seed=5)
+    dataset = phantom_dataset(3, 2, 1, seed=5)
     seeds = {split: [c.phantom_seed for c in dataset.split(split)] for split in ("train", "val", "test")}
     assert len(set(seeds["train"]) | set(seeds["val"]) | set(seeds["test"])) == 6
-    again = Dataset.phantoms(4, 2, 1, seed=5)
+    again = phantom_dataset(4, 2, 1, seed=5)
     assert [c.phantom_seed for c in again.split("val")] == seeds["val"]  # more training cases: same val
 
 
