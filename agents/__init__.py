@@ -1,6 +1,12 @@
-"""Agents that learn or decide: 3-D conv value networks, DQN / Double DQN builders, pose replay."""
+"""Agents that learn or decide: 3-D conv value networks, DQN / Double DQN builders, pose replay.
 
-from agents.dqn import AgentConfig, DoubleDQN, build_model, load_policy, predict_q_values, save_policy
+Layers inside ``agents`` (each imports only from the ones above it): ``networks``, ``replay``;
+``dqn``, ``checkpoints`` (policy files), ``baselines``; ``greedy``, ``search`` (test-time
+search); ``experiments`` (configs, runs, training and evaluation pipelines).
+"""
+
+from agents.checkpoints import load_policy, save_policy
+from agents.dqn import AgentConfig, DoubleDQN, build_model, predict_q_values
 from agents.networks import (
     DuelingDQNPolicy,
     DuelingQNetwork,

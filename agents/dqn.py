@@ -1,19 +1,17 @@
-"""Building DQN / Double DQN agents from a typed config, and saving what a search needs: the policy.
+"""DQN / Double DQN agents for the 3-D patch envs, built from a typed config.
 
-SB3 2.9 has neither Double DQN nor a dueling head; :class:`DoubleDQN` overrides ``DQN.train`` and the
-dueling head lives in :mod:`agents.networks`. Checkpoints written by :func:`save_policy` hold only the
-online Q-network weights and the few settings needed to rebuild it (an SB3 ``model.save`` once grew to
-2.9 GB because a schedule referenced the model, FACTS.md); they load with ``torch.load(weights_only=True)``.
+SB3 has neither Double DQN nor a dueling head: :class:`DoubleDQN` overrides ``DQN.train`` only to
+swap the target (:func:`double_td_target`), and the dueling head lives in :mod:`agents.networks`.
+:func:`build_model` builds an SB3 model for the envs; :func:`build_policy` a bare Q-network policy
+for learners outside SB3 (:mod:`agents.greedy`). Saving and loading policies is
+:mod:`agents.checkpoints`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -27,9 +25,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch.nn import functional as F
 
+from agents.checkpoints import load_policy, make_policy, save_policy
 from agents.networks import DuelingDQNPolicy, VolumeDQNPolicy, VolumeFeatures, set_torch_threads
 from agents.replay import PoseRenderer, PoseReplayBuffer
 
+# load_policy and save_policy live in agents.checkpoints; re-exported here until every caller imports
+# them from there.
 __all__ = [
     "AgentConfig",
     "DoubleDQN",
@@ -42,8 +43,6 @@ __all__ = [
     "save_policy",
 ]
 
-POLICY_FORMAT = "medgym.policy"
-POLICY_FORMAT_VERSION = 1
 _ALGORITHMS = ("dqn", "double", "greedy")
 _REPLAYS = ("pose", "sb3")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -170,9 +169,8 @@ class AgentConfig:
         kernel_sizes: Conv kernel edges, one per layer.
         strides: Conv strides, one per layer.
         features_dim: Size of the features vector after the joint MLP.
-        channels_last: Run the convs in ``channels_last_3d``. Off by default: on this project's
-            2-core CPU the contiguous layout measured ~25 % faster per Double-DQN update
-            (12.8 vs 16.9 ms, 25^3 patch, channels 8/16/32), unlike the figure in FACTS.md.
+        channels_last: Run the convs in ``channels_last_3d`` memory layout (off by default:
+            the contiguous layout; which is faster depends on the device, see ``bench/``).
         net_arch: Hidden layers of the Q head (of each stream when dueling).
         learning_rate: Adam learning rate.
         buffer_size: Replay capacity in transitions.
@@ -236,14 +234,9 @@ class AgentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AgentConfig.{name}: expected a positive integer, got {value!r}")
-        if isinstance(self.learning_starts, bool) or not isinstance(self.learning_starts, int):
-            raise ValueError(
-                f"AgentConfig.learning_starts: expected an integer >= 0, got {self.learning_starts!r}"
-            )
-        if self.learning_starts < 0:
-            raise ValueError(
-                f"AgentConfig.learning_starts: expected an integer >= 0, got {self.learning_starts!r}"
-            )
+        starts = self.learning_starts
+        if isinstance(starts, bool) or not isinstance(starts, int) or starts < 0:
+            raise ValueError(f"AgentConfig.learning_starts: expected an integer >= 0, got {starts!r}")
         if not isinstance(self.gradient_steps, int) or not (
             self.gradient_steps >= 1 or self.gradient_steps == -1
         ):
@@ -388,156 +381,15 @@ def build_model(
     return model
 
 
-def _describe_space(space: spaces.Space) -> dict[str, Any]:
-    if isinstance(space, spaces.Dict):
-        return {"type": "Dict", "spaces": {key: _describe_space(sub) for key, sub in space.spaces.items()}}
-    if isinstance(space, spaces.Box):
-        return {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype)}
-    if isinstance(space, spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n)}
-    raise ValueError(f"save_policy: unsupported space {space}")
-
-
-def save_policy(model: DQN | DQNPolicy, path: str | os.PathLike[str]) -> Path:
-    """Write the online Q-network weights and what rebuilds it to ``path``, atomically.
-
-    No replay buffer, optimizer, schedule or env is written: the file holds plain tensors, strings and
-    numbers, and loads with ``torch.load(weights_only=True)``.
-
-    Args:
-        model: A model from :func:`build_model` or its ``policy``.
-        path: Destination file (conventionally ``*.pt``); its folder is created if needed.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ValueError: If the policy does not use :class:`agents.networks.VolumeFeatures`.
-    """
-    policy = model.policy if isinstance(model, DQN) else model
-    if policy.features_extractor_class is not VolumeFeatures:
-        raise ValueError(
-            "save_policy: expected a policy with VolumeFeatures, "
-            f"got {policy.features_extractor_class.__name__}"
-        )
-    extractor_kwargs = {
-        key: list(value) if isinstance(value, tuple | list) else value
-        for key, value in policy.features_extractor_kwargs.items()
-    }
-    payload = {
-        "format": POLICY_FORMAT,
-        "version": POLICY_FORMAT_VERSION,
-        "dueling": isinstance(policy, DuelingDQNPolicy),
-        "net_arch": list(policy.net_arch),
-        "features_extractor_kwargs": extractor_kwargs,
-        "observation_space": _describe_space(policy.observation_space),
-        "action_space": _describe_space(policy.action_space),
-        "q_net": {key: value.detach().cpu() for key, value in policy.q_net.state_dict().items()},
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Temp file in the same folder, then rename: a crash never leaves a half-written checkpoint.
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp makes 0600 files; checkpoints are meant to be shared
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_policy(
-    path: str | os.PathLike[str],
-    env_or_spaces: gym.Env | VecEnv | tuple[spaces.Space, spaces.Space],
-    device: str = "auto",
-) -> DQNPolicy:
-    """Rebuild a policy written by :func:`save_policy`, in eval mode.
-
-    Args:
-        path: The file.
-        env_or_spaces: An env (Gymnasium or VecEnv) or ``(observation_space, action_space)``; they must
-            match the spaces the policy was trained on.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-
-    Returns:
-        A ``DQNPolicy`` (dueling or not) whose online and target networks hold the saved weights.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a medgym policy or the spaces differ from the saved ones.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"load_policy: no policy file at {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
-        raise ValueError(
-            f"load_policy: {path} is not a medgym policy file (one written by agents.dqn.save_policy)"
-        )
-    if payload.get("version") != POLICY_FORMAT_VERSION:
-        raise ValueError(
-            f"load_policy: {path} has format version {payload.get('version')}, "
-            f"expected {POLICY_FORMAT_VERSION}"
-        )
-    if isinstance(env_or_spaces, tuple):
-        observation_space, action_space = env_or_spaces
-    else:
-        observation_space, action_space = env_or_spaces.observation_space, env_or_spaces.action_space
-    for name, space in (("observation_space", observation_space), ("action_space", action_space)):
-        if _describe_space(space) != payload[name]:
-            raise ValueError(
-                f"load_policy: {path} was trained on {name} {payload[name]}, got {_describe_space(space)}; "
-                "use the env the policy was trained for"
-            )
-    extractor_kwargs = {
-        key: tuple(value) if isinstance(value, list) else value
-        for key, value in payload["features_extractor_kwargs"].items()
-    }
-    policy = _make_policy(
-        payload["dueling"], observation_space, action_space, list(payload["net_arch"]), extractor_kwargs
-    )
-    policy.q_net.load_state_dict(payload["q_net"])
-    policy.q_net_target.load_state_dict(payload["q_net"])
-    policy.set_training_mode(False)
-    device = (
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
-    return policy.to(device)
-
-
-def _make_policy(
-    dueling: bool,
-    observation_space: spaces.Space,
-    action_space: spaces.Space,
-    net_arch: list[int],
-    extractor_kwargs: dict[str, Any],
-    learning_rate: float = 0.0,
-) -> DQNPolicy:
-    policy_class = DuelingDQNPolicy if dueling else VolumeDQNPolicy
-    return policy_class(
-        observation_space,
-        action_space,
-        lr_schedule=lambda _: learning_rate,
-        net_arch=net_arch,
-        features_extractor_class=VolumeFeatures,
-        features_extractor_kwargs=extractor_kwargs,
-    )
-
-
 def build_policy(
     config: AgentConfig, observation_space: spaces.Space, action_space: spaces.Space
 ) -> DQNPolicy:
     """A fresh Q-network policy (online + target nets, Adam) for a learner outside SB3's ``DQN``.
 
-    Its weights save and load with :func:`save_policy` / :func:`load_policy` like a DQN's.
+    Its weights save and load with :func:`agents.checkpoints.save_policy` / ``load_policy`` like a DQN's.
     """
     set_torch_threads(config.torch_threads)
-    policy = _make_policy(
+    policy = make_policy(
         config.dueling,
         observation_space,
         action_space,
@@ -552,7 +404,7 @@ def predict_q_values(policy: DQNPolicy, obs_batch: Mapping[str, np.ndarray]) -> 
     """Q-values of a batch of observations, for test-time search over many starts or landmarks.
 
     Args:
-        policy: A DQN policy (``model.policy`` or from :func:`load_policy`).
+        policy: A DQN policy (``model.policy`` or from :func:`agents.checkpoints.load_policy`).
         obs_batch: ``"patch"`` (B, frames, P, P, P) uint8 and the Discrete keys as (B,) integers.
 
     Returns:

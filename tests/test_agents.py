@@ -19,15 +19,14 @@ from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from agents.checkpoints import load_policy, save_policy
 from agents.dqn import (
     AgentConfig,
     DoubleDQN,
     build_model,
     double_td_target,
     greedy_td_target,
-    load_policy,
     predict_q_values,
-    save_policy,
 )
 from agents.networks import DuelingDQNPolicy, DuelingQNetwork, VolumeFeatures, set_torch_threads
 from agents.replay import PoseReplayBuffer

@@ -1,0 +1,195 @@
+"""Alignment search: greedy steps on a transform's parameters, coarse to fine.
+
+Parameters are integers in :data:`envs.tasks.UNIT` per mm, degree or standard deviation; each
+action moves one parameter by the current level's step. A level ends when the search returns
+to one of its last ``oscillation_window`` transforms (oscillation) or after
+``max_steps_per_level`` steps; the next level takes smaller steps from there, and the finest
+level's end is the answer. :func:`refine_alignment` optionally polishes a rigid answer with a
+short SimpleITK optimisation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agents.search.policies import AlignmentPolicy
+from envs.core import params_from_transform
+from envs.tasks import UNIT, AlignmentPair, AlignmentWorld, RigidWorld
+
+__all__ = ["AlignConfig", "Alignment", "align", "refine_alignment"]
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Test-time registration settings.
+
+    Attributes:
+        oscillation_window: a return to one of this many last transforms ends a level.
+        max_steps_per_level: cap per level (a safety net; oscillation normally ends first).
+        trust_steps: at a finer level no parameter may move more than this many steps of the
+            coarser level away from where that level left it (the range finer levels were
+            trained on); moves beyond are masked. 0 disables the limit.
+        refine: ``"none"`` or ``"sitk"`` (rigid only): after the agent, a short single-level
+            SimpleITK optimisation (versor rigid, Mattes MI) on the finest level's images,
+            started from the agent's transform: the agent supplies the capture range, the
+            optimiser the last fraction of a millimetre. Evaluations report both.
+        refine_iterations, refine_samples: the refinement's iterations and metric samples.
+    """
+
+    oscillation_window: int = 4
+    max_steps_per_level: int = 80
+    trust_steps: float = 2.0
+    refine: str = "none"
+    refine_iterations: int = 40
+    refine_samples: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.oscillation_window < 2:
+            raise ValueError(f"align.oscillation_window: expected >= 2, got {self.oscillation_window}")
+        if self.max_steps_per_level < 1:
+            raise ValueError(f"align.max_steps_per_level: expected >= 1, got {self.max_steps_per_level}")
+        if self.trust_steps < 0:
+            raise ValueError(f"align.trust_steps: expected >= 0 (0: no limit), got {self.trust_steps}")
+        if self.refine not in ("none", "sitk"):
+            raise ValueError(f"align.refine: expected 'none' or 'sitk', got {self.refine!r}")
+        if self.refine_iterations < 1 or self.refine_samples < 100:
+            raise ValueError("align.refine_iterations and align.refine_samples: expected >= 1 and >= 100")
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """One registration's answer and path (parameters in mm / degrees / std-devs)."""
+
+    case_id: str
+    params: NDArray[np.float64]  # (n_params,) final parameters
+    error_mm: float  # final mean control-point error (NaN when the truth is unknown)
+    initial_error_mm: float
+    steps: int
+    seconds: float
+    trajectory_params: NDArray[np.float64]  # (T, n_params), start included
+    trajectory_errors_mm: NDArray[np.float64]  # (T,)
+    trajectory_levels: NDArray[np.int64]  # (T,)
+
+
+def align(
+    world: AlignmentWorld,
+    pair: AlignmentPair,
+    policy: AlignmentPolicy,
+    start_params: NDArray | None = None,
+    config: AlignConfig = AlignConfig(),
+) -> Alignment:
+    """Greedy registration of one pair, coarse to fine, from ``start_params`` (default: the truth + 0).
+
+    ``policy(observations, pair, params, level)`` returns Q-values ``(1, n_actions)`` (an
+    :class:`~agents.search.policies.AlignmentPolicy`: a ``QNetworkPolicy``, an
+    ``AlignmentOracle`` or any function of that signature). ``start_params`` are in mm / degrees
+    / standard deviations; the answer's parameters are too.
+
+    Raises:
+        ValueError: ``start_params`` without ``world.n_params`` values.
+    """
+    began = time.perf_counter()
+    params = (
+        np.rint(np.asarray(start_params, np.float64) * UNIT).astype(np.int64)
+        if start_params is not None
+        else np.rint(pair.truth * UNIT).astype(np.int64)
+    )
+    if params.shape != (world.n_params,):
+        raise ValueError(f"align: start parameters must have {world.n_params} values, got {params.shape}")
+    level = 0
+    recent: list[tuple[int, ...]] = [tuple(int(v) for v in params)]
+    path_params, path_levels = [params.copy()], [0]
+    level_steps = 0
+    steps = 0
+    entry = params.copy()
+    while True:
+        observation = world.observation(pair, level, params)
+        batch = {"patch": observation["patch"][np.newaxis], "level": np.array([level])}
+        q_values = np.asarray(policy(batch, pair, params, level), dtype=np.float64)[0]
+        if level > 0 and config.trust_steps > 0:
+            reach = config.trust_steps * world.steps_int[level - 1]
+            for action in range(world.n_actions):
+                index, delta = world.action_delta(action, level)
+                if abs(params[index] + delta - entry[index]) > reach[index]:
+                    q_values[action] = -np.inf
+        index, delta = world.action_delta(int(np.argmax(q_values)), level)
+        params = params.copy()
+        params[index] += delta
+        steps += 1
+        level_steps += 1
+        key = tuple(int(v) for v in params)
+        # The oscillation rule: a return to one of the last ``oscillation_window`` transforms ends the level.
+        oscillating = key in recent[-config.oscillation_window :]
+        recent.append(key)
+        path_params.append(params.copy())
+        path_levels.append(level)
+        if oscillating or level_steps >= config.max_steps_per_level:
+            if level + 1 == world.n_levels:
+                break
+            level += 1
+            level_steps = 0
+            recent = [key]
+            entry = params.copy()
+    trajectory = np.array(path_params)
+    errors = world.errors_mm(pair, trajectory)
+    return Alignment(
+        case_id=pair.case_id,
+        params=trajectory[-1] / UNIT,
+        error_mm=float(errors[-1]),
+        initial_error_mm=float(errors[0]),
+        steps=steps,
+        seconds=time.perf_counter() - began,
+        trajectory_params=trajectory / UNIT,
+        trajectory_errors_mm=errors,
+        trajectory_levels=np.array(path_levels, dtype=np.int64),
+    )
+
+
+def refine_alignment(
+    world: AlignmentWorld, pair: AlignmentPair, result: Alignment, config: AlignConfig = AlignConfig()
+) -> Alignment:
+    """The agent's rigid answer polished by a short SimpleITK optimisation (see ``AlignConfig.refine``).
+
+    The refined parameters are appended to the trajectory at level ``n_levels`` (a level past
+    the agent's); ``seconds`` then includes the refinement.
+    """
+    from agents.baselines import RigidBaselineConfig, rigid_baseline
+
+    if not isinstance(world, RigidWorld):
+        raise ValueError("refine: only rigid registrations can be refined (refine: none for the SDM)")
+    began = time.perf_counter()
+    finest = world.n_levels - 1
+    initial = world.transform(pair, np.rint(result.params * UNIT).astype(np.int64))
+    settings = RigidBaselineConfig(
+        shrink_factors=(1,),
+        smoothing_sigmas_mm=(0.0,),
+        iterations=config.refine_iterations,
+        metric_samples=config.refine_samples,
+        initializer="none",
+        max_step_mm=1.0,
+        intensity_window=None,
+    )
+    try:
+        refined = rigid_baseline(
+            pair.fixed.levels[finest], pair.moving.levels[finest], initial=initial, config=settings
+        )
+        params = params_from_transform(refined.transform, pair.center_lps_mm)
+    except ValueError:
+        params = result.params  # the optimiser found no overlap: keep the agent's answer
+    params_int = np.rint(params * UNIT).astype(np.int64)
+    error = float(world.errors_mm(pair, params_int)[0])
+    return Alignment(
+        case_id=result.case_id,
+        params=params_int / UNIT,
+        error_mm=error,
+        initial_error_mm=result.initial_error_mm,
+        steps=result.steps,
+        seconds=result.seconds + time.perf_counter() - began,
+        trajectory_params=np.vstack([result.trajectory_params, params_int / UNIT]),
+        trajectory_errors_mm=np.append(result.trajectory_errors_mm, error),
+        trajectory_levels=np.append(result.trajectory_levels, world.n_levels),
+    )
