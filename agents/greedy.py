@@ -13,6 +13,15 @@ trains an SB3 ``DQNPolicy`` built by :func:`agents.dqn.build_policy`.
 States are drawn as the env's training resets draw them (a pair, a level, a misalignment
 around the truth), rendered once and kept in a small replay of (observation, all-action
 rewards), so each rendered sample serves several updates.
+
+The learner's settings are a :class:`GreedyConfig`. An experiment's ``agent`` section is an
+:class:`agents.dqn.AgentConfig` for every algorithm, so that existing configs keep loading.
+With ``algorithm: greedy``: the network fields (``dueling``, ``channels``, ``kernel_sizes``,
+``strides``, ``features_dim``, ``channels_last``, ``net_arch``), ``learning_rate``,
+``torch_threads`` and ``device`` build the policy (:func:`agents.dqn.build_policy`);
+:meth:`GreedyConfig.from_agent_config` takes ``buffer_size`` and ``batch_size``; the DQN-only
+fields (``gamma``, ``learning_starts``, ``train_freq``, ``gradient_steps``,
+``target_update_interval``, ``exploration_*``, ``replay``) are accepted and not used.
 """
 
 from __future__ import annotations
@@ -25,16 +34,35 @@ import torch
 from numpy.typing import NDArray
 from torch.nn import functional as F
 
+from agents.dqn import AgentConfig
 from envs.tasks import AlignmentWorld
 
-__all__ = ["GreedyTrainer", "SampleBatch"]
+__all__ = ["GreedyConfig", "GreedyTrainer"]
+
+MAX_BUFFER_SIZE = 50_000
+"""the most samples an experiment's ``agent.buffer_size`` gives the greedy learner"""
 
 
-@dataclass
-class SampleBatch:
-    patch: NDArray[np.uint8]  # (B, 2, S, S, S)
-    level: NDArray[np.int64]  # (B,)
-    rewards: NDArray[np.float32]  # (B, n_actions)
+@dataclass(frozen=True)
+class GreedyConfig:
+    """The supervised greedy learner's settings (:class:`GreedyTrainer`)."""
+
+    buffer_size: int = 20_000
+    """rendered samples kept (each is ``2 S^3`` bytes plus rewards)"""
+    batch_size: int = 32
+    """samples per gradient update"""
+    new_per_update: int = 8
+    """freshly rendered samples added before each update"""
+    max_grad_norm: float = 10.0
+    """gradient clipping, as SB3's DQN"""
+    on_policy_fraction: float = 0.25
+    """share of fresh samples taken from the states the current network visits"""
+
+    @classmethod
+    def from_agent_config(cls, agent: AgentConfig) -> GreedyConfig:
+        """The settings an experiment's ``agent`` section gives: ``buffer_size`` (at most
+        ``MAX_BUFFER_SIZE``) and ``batch_size``; the rest keep their defaults."""
+        return cls(buffer_size=min(agent.buffer_size, MAX_BUFFER_SIZE), batch_size=agent.batch_size)
 
 
 class GreedyTrainer:
@@ -86,6 +114,22 @@ class GreedyTrainer:
         self.samples = 0
         self.losses: list[float] = []
         self._walkers: list[tuple[int, int, NDArray[np.int64], int]] = []
+
+    @classmethod
+    def from_config(
+        cls, policy: Any, world: AlignmentWorld, config: GreedyConfig, seed: int = 0
+    ) -> GreedyTrainer:
+        """A trainer with ``config``'s settings."""
+        return cls(
+            policy,
+            world,
+            buffer_size=config.buffer_size,
+            batch_size=config.batch_size,
+            new_per_update=config.new_per_update,
+            max_grad_norm=config.max_grad_norm,
+            seed=seed,
+            on_policy_fraction=config.on_policy_fraction,
+        )
 
     @property
     def device(self) -> torch.device:

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from agents.dqn import AgentConfig, DoubleDQN  # noqa: E402 - after the sys.path line, run as a script
 from agents.networks import DuelingDQNPolicy, VolumeFeatures, set_torch_threads  # noqa: E402
 from agents.replay import PoseReplayBuffer  # noqa: E402
+from envs.io.atomic import atomic_write_text  # noqa: E402
 
 VOLUME_EDGE = 128
 N_LANDMARKS, N_LEVELS = 4, 3
@@ -231,10 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pose_buffer_sampling": sampling,
         "bytes_per_transition": sizes,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    temp = args.out.with_suffix(".json.tmp")
-    temp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    temp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return results
 

@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from envs import io  # noqa: E402 - after the sys.path line, run as a script
 from envs.core import Volume, build_pyramid, crop_patch  # noqa: E402
-from envs.data import Dataset  # noqa: E402
-from envs.phantom import generate_phantom  # noqa: E402
+from envs.io.atomic import atomic_write_text  # noqa: E402
+from envs.phantom import generate_phantom, phantom_dataset  # noqa: E402
 from envs.tasks import LandmarkEnv  # noqa: E402
 
 #: Shape (z, y, x) of the realistic 1 mm volume (the MNI152 1 mm grid: 182 x 218 x 182 voxels).
@@ -105,16 +105,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary sibling and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(json.dumps(data, indent=2) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write ``data`` as JSON to ``path`` atomically (:mod:`envs.io.atomic`)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -223,7 +215,7 @@ def bench_load(volume: Volume, spacings: tuple[float, ...], folder: Path, label:
 
 def bench_reset(repeats: int) -> dict[str, Any]:
     """env.reset() of a LandmarkEnv (2 phantom cases, default levels) after a warm-up loads the cases."""
-    dataset = Dataset.phantoms(2, 0, 0, seed=0)
+    dataset = phantom_dataset(2, 0, 0, seed=0)
     env = LandmarkEnv(dataset, split="train")
     start = time.perf_counter()
     env.reset(seed=0)

@@ -6,7 +6,7 @@
     python bench/bench_registration.py real-ct RUN [--baseline sitk]
 
 ``RUN`` is a run folder made by ``train.py`` (configs/rigid_phantom.yaml or sdm_phantom.yaml).
-Every part prints its figures and saves them as JSON under bench/results/. Targets (issue #4,
+Every part prints its figures and saves them as JSON under bench/results/. Targets (on
 2 CPU cores): rigid success >= 95 % at +-30 mm/deg (mono and multimodal), >= 90 % at +-60
 and with partial field of view, <= 0.5 s per registration; SDM: at least the B-spline
 baseline's Dice in <= 1/5 of its time. Success = mean TRE over control points < 2 mm.
@@ -27,7 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.dqn import set_torch_threads  # noqa: E402  (the repository root is put on the path first)
+from agents.networks import set_torch_threads  # noqa: E402  (the repository root is put on the path first)
+from envs.io.atomic import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 REAL_CT = ROOT / "tests" / "data" / "real_ct" / "lung2_ct_3mm.nrrd"
@@ -38,9 +39,8 @@ def _machine() -> dict[str, object]:
 
 
 def _save(name: str, figures: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"registration_{name}.json"
-    path.write_text(json.dumps({"machine": _machine(), **figures}, indent=2) + "\n")
+    atomic_write_text(path, json.dumps({"machine": _machine(), **figures}, indent=2) + "\n")
     print(f"bench: saved {path}")
     return path
 
@@ -86,7 +86,7 @@ def bench_env(steps: int) -> dict:
 def _policy(run: Path, world) -> object:
     from gymnasium import spaces
 
-    from agents.dqn import load_policy
+    from agents.checkpoints import load_policy
     from agents.experiments import open_run
 
     return load_policy(
@@ -102,8 +102,13 @@ def _refined(experiment):
 
 
 def bench_rigid(run: Path, baselines: list[str], trials: int, misalignments: list[float]) -> dict:
-    from agents.experiments import evaluate_rigid, make_alignment_world, markdown_table, open_run
-    from train import prepare_dataset
+    from agents.experiments import (
+        evaluate_rigid,
+        make_alignment_world,
+        markdown_table,
+        open_run,
+        prepare_dataset,
+    )
 
     experiment = _refined(open_run(run).experiment)
     dataset = prepare_dataset(experiment)
@@ -118,8 +123,14 @@ def bench_rigid(run: Path, baselines: list[str], trials: int, misalignments: lis
 
 
 def bench_sdm(run: Path, baselines: list[str]) -> dict:
-    from agents.experiments import evaluate_sdm, make_alignment_world, markdown_table, open_run, prepare_sdm
-    from train import prepare_dataset
+    from agents.experiments import (
+        evaluate_sdm,
+        make_alignment_world,
+        markdown_table,
+        open_run,
+        prepare_dataset,
+        prepare_sdm,
+    )
 
     experiment = open_run(run).experiment
     dataset = prepare_dataset(experiment)
@@ -158,13 +169,13 @@ def bench_real_ct(run: Path, baselines: list[str], trials: int, misalignment: fl
         make_alignment_world,
         open_run,
         outcome_of,
+        prepare_dataset,
         rigid_baseline_outcome,
         summarise_errors,
     )
     from agents.search import AlignmentOracle, QNetworkPolicy, refine_alignment
     from envs import io
     from envs.core import euler_transform, resample_isotropic
-    from train import prepare_dataset
 
     experiment = _refined(open_run(run).experiment)
     world = make_alignment_world(experiment, prepare_dataset(experiment), "test", training=False)

@@ -17,16 +17,28 @@ import argparse
 import json
 import os
 import platform
+import runpy
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import evaluate  # noqa: E402  (the repository root is put on the path first)
-import train  # noqa: E402
+from envs.io.atomic import atomic_write_text  # noqa: E402  (the repository root is put on the path first)
+
+
+def run_script(name: str, argv: list[str]) -> int:
+    """Run ``python NAME ARGV...`` in this process (no script is imported); returns its exit status."""
+    saved = sys.argv
+    sys.argv = [name, *argv]
+    try:
+        runpy.run_path(str(ROOT / name), run_name="__main__")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,13 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or ROOT / "runs" / f"bench-training-{time.strftime('%Y%m%d-%H%M%S')}"
     sets = [item for override in args.overrides for item in ("--set", override)]
     began = time.perf_counter()
-    if train.main([args.config, *sets, "--set", "train.progress_bar=false", "--run-dir", str(run_dir)]) != 0:
+    if (
+        run_script(
+            "train.py", [args.config, *sets, "--set", "train.progress_bar=false", "--run-dir", str(run_dir)]
+        )
+        != 0
+    ):
         return 1
     train_minutes = (time.perf_counter() - began) / 60.0
     eval_args = [str(run_dir), "--out", str(run_dir / "eval-test")]
     if args.baseline:
         eval_args += ["--baseline", args.baseline]
-    if evaluate.main(eval_args) != 0:
+    if run_script("evaluate.py", eval_args) != 0:
         return 1
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = json.loads((run_dir / "eval-test" / "metrics.json").read_text())
@@ -68,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": [sys.executable, *sys.argv],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=args.out.parent, suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
-        json.dump(result, file, indent=2)
-    os.replace(temp, args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=2))
     print(
         f"agent median {agent['median_mm']:.2f} mm (oracle {oracle['median_mm']:.2f}, "
         f"x{figures['agent_over_oracle_median']:.2f}); p95 {agent['p95_mm']:.2f} mm (oracle "

@@ -20,17 +20,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.dqn import set_torch_threads  # noqa: E402  (the repository root is put on the path first)
+from agents.networks import set_torch_threads  # noqa: E402  (the repository root is put on the path first)
+from envs.io.atomic import atomic_write_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     from gymnasium import spaces
 
-    from agents.dqn import load_policy
-    from agents.experiments import make_alignment_world, open_run
+    from agents.checkpoints import load_policy
+    from agents.experiments import make_alignment_world, open_run, prepare_dataset
     from agents.search import QNetworkPolicy, register
     from envs.core import euler_transform, resample_isotropic
-    from train import prepare_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(figures, indent=2))
     out = ROOT / "bench" / "results" / f"registration_register_time{'_refine' if args.refine else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(figures, indent=2) + "\n")
     return 0
 
 

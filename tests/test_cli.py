@@ -4,16 +4,47 @@ from __future__ import annotations
 
 import csv
 import json
+import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-import evaluate
-import train
-from agents.experiments import ConfigError, load_experiment
+from agents.experiments import (
+    ConfigError,
+    ValidationCallback,
+    compute_metrics,
+    landmark_score,
+    load_experiment,
+)
+from agents.experiments import monitor as monitor_module
 from envs import io
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script(name: str, argv: list[str]) -> int:
+    """Run ``python NAME ARGV...`` in-process (nothing imports the scripts); returns the exit status."""
+    saved = sys.argv
+    sys.argv = [name, *argv]
+    try:
+        runpy.run_path(str(ROOT / name), run_name="__main__")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def train_main(argv: list[str]) -> int:
+    return _script("train.py", argv)
+
+
+def evaluate_main(argv: list[str]) -> int:
+    return _script("evaluate.py", argv)
+
 
 TINY = [
     "data.phantoms.n_train=2",
@@ -52,7 +83,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained_run(cache: Path) -> Path:
     run = cache.parent / "run"
-    assert train.main([*_args(cache), "--run-dir", str(run)]) == 0
+    assert train_main([*_args(cache), "--run-dir", str(run)]) == 0
     return run
 
 
@@ -80,7 +111,7 @@ def test_evaluate_writes_metrics_tables_and_plots(
     trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "eval"
-    assert evaluate.main([str(trained_run), "--out", str(out), "--gif"]) == 0
+    assert evaluate_main([str(trained_run), "--out", str(out), "--gif"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"agent", "oracle"}
     assert metrics["oracle"]["all"]["median_mm"] < 1.8  # the finest step (2 mm) bounds the oracle
@@ -95,7 +126,7 @@ def test_evaluate_writes_metrics_tables_and_plots(
 
 def test_evaluate_several_runs_summarises_mean_and_std(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "many"
-    assert evaluate.main([str(trained_run), str(trained_run), "--out", str(out)]) == 0
+    assert evaluate_main([str(trained_run), str(trained_run), "--out", str(out)]) == 0
     summary = json.loads((out / "summary_over_runs.json").read_text())
     assert summary["agent"]["n"]["runs"] == 2
     assert summary["oracle"]["median_mm"]["runs"] == 2
@@ -106,7 +137,7 @@ def test_predict_writes_slicer_files(trained_run: Path, cache: Path, tmp_path: P
     phantoms = next(cache.iterdir())
     volume = phantoms / "phantom_test_000.nii.gz"
     out = tmp_path / "pred"
-    assert evaluate.main([str(trained_run), "--predict", str(volume), "--out", str(out)]) == 0
+    assert evaluate_main([str(trained_run), "--predict", str(volume), "--out", str(out)]) == 0
     fcsv, mrk = out / "phantom_test_000.fcsv", out / "phantom_test_000.mrk.json"
     if fcsv.exists():  # an untrained agent may find nothing inside the volume
         assert io.read_landmarks(fcsv).keys() == io.read_landmarks(mrk).keys()
@@ -120,7 +151,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained_run: Path, tmp_path
     config = yaml.safe_load((copy / "config.yaml").read_text())
     config["train"]["total_timesteps"] = 600
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
-    assert train.main(["--resume", str(copy)]) == 0
+    assert train_main(["--resume", str(copy)]) == 0
     assert json.loads((copy / "state.json").read_text())["num_timesteps"] == 600
 
 
@@ -134,7 +165,7 @@ def _one_line_error(capsys: pytest.CaptureFixture, phrase: str) -> None:
 
 
 def test_unknown_config_key_is_named(cache: Path, capsys: pytest.CaptureFixture) -> None:
-    assert train.main(_args(cache, "env.patchsize=25")) == 2
+    assert train_main(_args(cache, "env.patchsize=25")) == 2
     _one_line_error(capsys, "unknown key env.patchsize")
     with pytest.raises(ConfigError, match="expected an integer"):
         load_experiment("configs/landmark_phantom.yaml", ["env.patch_size=big"])
@@ -153,15 +184,15 @@ def test_bad_experiments_fail_in_one_line_without_a_run_folder(
     trained_run: Path, cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture, override: str, phrase: str
 ) -> None:
     run = tmp_path / "run"
-    assert train.main([*_args(cache, override), "--run-dir", str(run)]) == 2
+    assert train_main([*_args(cache, override), "--run-dir", str(run)]) == 2
     _one_line_error(capsys, phrase)
     assert not run.exists()
 
 
 def test_evaluate_rejects_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert evaluate.main([str(tmp_path)]) == 2
+    assert evaluate_main([str(tmp_path)]) == 2
     _one_line_error(capsys, "not a medgym run")
-    assert evaluate.main([str(tmp_path / "missing")]) == 2
+    assert evaluate_main([str(tmp_path / "missing")]) == 2
     _one_line_error(capsys, "not found")
 
 
@@ -173,12 +204,12 @@ def test_evaluate_rejects_data_with_other_landmarks(
     io.write_landmarks({f"other_{n}": p for n, p in landmarks.items()}, tmp_path / "other.fcsv")
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"image,landmarks,split\n{phantoms / 'phantom_test_000.nii.gz'},other.fcsv,test\n")
-    assert evaluate.main([str(trained_run), "--data", str(manifest)]) == 2
+    assert evaluate_main([str(trained_run), "--data", str(manifest)]) == 2
     _one_line_error(capsys, "trained on landmarks")
 
 
 def test_metrics_count_misses_and_shares() -> None:
-    metrics = evaluate.compute_metrics([0.5, 1.5, 3.0, 9.0, 50.0, np.nan], [True] * 5 + [False], [0.01] * 6)
+    metrics = compute_metrics([0.5, 1.5, 3.0, 9.0, 50.0, np.nan], [True] * 5 + [False], [0.01] * 6)
     assert metrics["n"] == 6
     assert metrics["not_found"] == 1
     assert metrics["misses"] == 2  # one beyond 10 mm, one not found
@@ -188,7 +219,7 @@ def test_metrics_count_misses_and_shares() -> None:
 
 
 class _FakeModel:
-    """Just enough of an SB3 model for TrainingMonitor._validate."""
+    """Just enough of an SB3 model for ValidationCallback._validate."""
 
     class _Logger:
         def record(self, key: str, value: float) -> None:
@@ -216,11 +247,9 @@ def test_best_model_prefers_fewer_misses_and_state_keeps_the_score(
         ]
     )
     saved: list[Path] = []
-    monkeypatch.setattr(train, "save_policy", lambda model, path: saved.append(path))
+    monkeypatch.setattr(monitor_module, "save_policy", lambda model, path: saved.append(path))
     run = Run(tmp_path, LandmarkExperiment())
-    monitor = train.TrainingMonitor(
-        run, lambda policy: next(results), train.landmark_score, experiment=run.experiment
-    )
+    monitor = ValidationCallback(run, lambda policy: next(results), landmark_score, experiment=run.experiment)
     monitor.model = _FakeModel()  # type: ignore[assignment]
     for step in (100, 200, 300):
         monitor.num_timesteps = step
@@ -230,7 +259,7 @@ def test_best_model_prefers_fewer_misses_and_state_keeps_the_score(
     state = run.read_state()
     assert state["best_score"] == [0.0, 2.5, 3.0]
     assert state["evals_without_gain"] == 0
-    resumed = train.TrainingMonitor(
-        run, lambda policy: {}, train.landmark_score, experiment=run.experiment, state=state
+    resumed = ValidationCallback(
+        run, lambda policy: {}, landmark_score, experiment=run.experiment, state=state
     )
     assert resumed.best_score == (0.0, 2.5, 3.0)

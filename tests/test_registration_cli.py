@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 import json
+import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import evaluate
-import train
 from agents.experiments import ConfigError, RigidExperiment, SdmExperiment, load_experiment
 from envs import io
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script(name: str, argv: list[str]) -> int:
+    """Run ``python NAME ARGV...`` in-process (nothing imports the scripts); returns the exit status."""
+    saved = sys.argv
+    sys.argv = [name, *argv]
+    try:
+        runpy.run_path(str(ROOT / name), run_name="__main__")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def train_main(argv: list[str]) -> int:
+    return _script("train.py", argv)
+
+
+def evaluate_main(argv: list[str]) -> int:
+    return _script("evaluate.py", argv)
+
 
 NETWORK = [
     "agent.channels=[4, 8]",
@@ -70,14 +94,14 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def rigid_run(cache: Path) -> Path:
     run = cache.parent / "rigid_run"
-    assert train.main([*_args("configs/rigid_phantom.yaml", RIGID, cache), "--run-dir", str(run)]) == 0
+    assert train_main([*_args("configs/rigid_phantom.yaml", RIGID, cache), "--run-dir", str(run)]) == 0
     return run
 
 
 @pytest.fixture(scope="module")
 def sdm_run(cache: Path) -> Path:
     run = cache.parent / "sdm_run"
-    assert train.main([*_args("configs/sdm_phantom.yaml", SDM, cache), "--run-dir", str(run)]) == 0
+    assert train_main([*_args("configs/sdm_phantom.yaml", SDM, cache), "--run-dir", str(run)]) == 0
     return run
 
 
@@ -103,7 +127,7 @@ def test_rigid_greedy_run_is_self_describing(rigid_run: Path) -> None:
 
 def test_evaluate_rigid_writes_tables_plots_and_the_oracle_floor(rigid_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    code = evaluate.main(
+    code = evaluate_main(
         [str(rigid_run), "--trials", "2", "--misalignments", "15", "30", "--conditions", "mono", "partial",
          "--png", "1", "--out", str(out)]
     )  # fmt: skip
@@ -127,7 +151,7 @@ def test_evaluate_register_writes_files_slicer_and_simpleitk_read(
     io.write_volume(fixed, moving_path)
     out = tmp_path / "registered"
     assert (
-        evaluate.main([str(rigid_run), "--register", str(fixed_path), str(moving_path), "--out", str(out)])
+        evaluate_main([str(rigid_run), "--register", str(fixed_path), str(moving_path), "--out", str(out)])
         == 0
     )
     transform = sitk.ReadTransform(str(out / "transform.tfm"))
@@ -141,7 +165,7 @@ def test_dqn_also_trains_on_the_rigid_env(cache: Path, tmp_path: Path) -> None:
     args = _args(
         "configs/rigid_phantom.yaml", [*RIGID, "agent.algorithm=double", "train.total_timesteps=200"], cache
     )
-    assert train.main([*args, "--run-dir", str(run)]) == 0
+    assert train_main([*args, "--run-dir", str(run)]) == 0
     assert (run / "checkpoints" / "latest.pt").is_file()
 
 
@@ -151,7 +175,7 @@ def test_sdm_run_saves_its_model_and_evaluates_with_dice(sdm_run: Path, tmp_path
     model = StatisticalDeformationModel.load(sdm_run / "sdm.npz")
     assert model.k == 3
     out = tmp_path / "eval"
-    assert evaluate.main([str(sdm_run), "--out", str(out), "--png", "1"]) == 0
+    assert evaluate_main([str(sdm_run), "--out", str(out), "--png", "1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"agent", "oracle", "mean shape"} <= set(metrics)
     oracle, mean_shape = metrics["oracle"]["sdm"]["0"], metrics["mean shape"]["sdm"]["0"]
@@ -168,7 +192,7 @@ def test_bad_registration_configs_fail_in_one_line(cache: Path, capsys: pytest.C
         ),
         ("env.obs_size=3", "config env.obs_size: expected >= 9"),
     ]:
-        code = train.main(_args("configs/rigid_phantom.yaml", [override], cache))
+        code = train_main(_args("configs/rigid_phantom.yaml", [override], cache))
         assert code == 2
         message = capsys.readouterr().err.strip()
         assert "\n" not in message
@@ -178,7 +202,7 @@ def test_bad_registration_configs_fail_in_one_line(cache: Path, capsys: pytest.C
 
 
 def test_evaluate_register_needs_two_files_for_rigid(rigid_run: Path, capsys: pytest.CaptureFixture) -> None:
-    assert evaluate.main([str(rigid_run), "--register", "only_one.nii.gz"]) == 2
+    assert evaluate_main([str(rigid_run), "--register", "only_one.nii.gz"]) == 2
     assert "expected FIXED MOVING" in capsys.readouterr().err
 
 

@@ -1,4 +1,20 @@
-"""Layer 9: experiment configs, run folders, and per-task train / evaluate orchestration."""
+"""Layer 9: experiments end to end, from a config to a run folder to metrics.
+
+The map:
+
+- :mod:`~agents.experiments.config`: typed experiment configs (a docstring per field);
+  :mod:`~agents.experiments.loading`: YAML and ``--set`` overrides into them, and back.
+- :mod:`~agents.experiments.runs`: run folders (config, meta, state, checkpoints) and resuming.
+- :mod:`~agents.experiments.data`: datasets and worlds from a config, for every task.
+- :mod:`~agents.experiments.validation`: what a validation measures and which score is better;
+  :mod:`~agents.experiments.monitor`: the SB3-style training callbacks that run it (best policy,
+  early stop, checkpoints, time limit).
+- :mod:`~agents.experiments.landmark`, :mod:`~agents.experiments.registration`: train and evaluate
+  per task (``train.py`` / ``evaluate.py`` dispatch there); :mod:`~agents.experiments.registration_eval`:
+  the registration evaluation.
+- :mod:`~agents.experiments.metrics`: error summaries, success rates, Dice;
+  :mod:`~agents.experiments.reports`: CSV / Markdown tables, plots, GIF.
+"""
 
 from agents.experiments.config import (
     TASKS,
@@ -15,53 +31,106 @@ from agents.experiments.config import (
     SdmEnvConfig,
     SdmExperiment,
     TrainConfig,
+)
+from agents.experiments.data import (
+    SdmBundle,
+    evaluation_dataset,
+    make_alignment_world,
+    make_world,
+    prepare_dataset,
+    prepare_sdm,
+    validation_split,
+)
+from agents.experiments.landmark import (
+    evaluate_landmark_runs,
+    evaluate_run,
+    predict,
+    train_landmark,
+)
+from agents.experiments.loading import (
     apply_overrides,
     experiment_from_mapping,
     from_mapping,
     load_experiment,
     to_mapping,
 )
-from agents.experiments.registration import (
-    CONDITIONS,
-    RIGID_BASELINES,
+from agents.experiments.metrics import (
+    MISS_MM,
     SUCCESS_MM,
+    WITHIN_MM,
     PairOutcome,
-    SdmBundle,
-    agent_outcome,
-    alignment_score,
-    evaluate_rigid,
-    evaluate_sdm,
-    evaluation_offsets,
-    make_alignment_world,
-    markdown_table,
+    compute_metrics,
     metrics_from_outcomes,
-    outcome_of,
-    overlay_png,
-    plot_success,
-    prepare_sdm,
-    rigid_baseline_outcome,
-    rigid_pairs,
+    metrics_from_rows,
     sdm_dice,
     summarise_errors,
-    validate_alignment,
-    validation_starts,
+    summarise_runs,
+)
+from agents.experiments.monitor import (
+    CheckpointCallback,
+    EarlyStopping,
+    SaveBestPolicy,
+    StopAfterMinutes,
+    ValidationCallback,
+    training_callbacks,
+    write_summary,
+)
+from agents.experiments.registration import (
+    evaluate_registration_run,
+    register_files,
+    train_registration,
+)
+from agents.experiments.registration_eval import (
+    CONDITIONS,
+    RIGID_BASELINES,
+    agent_outcome,
+    evaluate_rigid,
+    evaluate_sdm,
+    outcome_of,
+    rigid_baseline_outcome,
+    rigid_pairs,
+)
+from agents.experiments.reports import (
+    landmark_markdown,
+    markdown_table,
+    overlay_png,
+    plot_errors,
+    plot_success,
+    plot_trajectories,
+    volume_stem,
+    write_csv,
+    write_gif,
 )
 from agents.experiments.runs import (
     Run,
-    atomic_write_text,
     create_run,
+    new_run_or_nothing,
     open_run,
     package_versions,
+    resume_model,
+)
+from agents.experiments.validation import (
+    alignment_score,
+    evaluation_offsets,
+    landmark_score,
+    rigid_scale,
+    validate,
+    validate_alignment,
+    validation_starts,
 )
 
 __all__ = [
     "CONDITIONS",
+    "MISS_MM",
     "RIGID_BASELINES",
     "SUCCESS_MM",
     "TASKS",
+    "WITHIN_MM",
     "AtlasFiles",
+    "CheckpointCallback",
     "ConfigError",
     "DataConfig",
+    "EarlyStopping",
     "EnvConfig",
     "Experiment",
     "LandmarkExperiment",
@@ -70,36 +139,65 @@ __all__ = [
     "RigidEnvConfig",
     "RigidExperiment",
     "Run",
+    "SaveBestPolicy",
     "SdmBundle",
     "SdmConfig",
     "SdmEnvConfig",
     "SdmExperiment",
+    "StopAfterMinutes",
     "TrainConfig",
+    "ValidationCallback",
     "agent_outcome",
     "alignment_score",
     "apply_overrides",
-    "atomic_write_text",
+    "compute_metrics",
     "create_run",
+    "evaluate_landmark_runs",
+    "evaluate_registration_run",
     "evaluate_rigid",
+    "evaluate_run",
     "evaluate_sdm",
+    "evaluation_dataset",
     "evaluation_offsets",
     "experiment_from_mapping",
     "from_mapping",
+    "landmark_markdown",
+    "landmark_score",
     "load_experiment",
     "make_alignment_world",
+    "make_world",
     "markdown_table",
     "metrics_from_outcomes",
+    "metrics_from_rows",
+    "new_run_or_nothing",
     "open_run",
     "outcome_of",
     "overlay_png",
     "package_versions",
+    "plot_errors",
     "plot_success",
+    "plot_trajectories",
+    "predict",
+    "prepare_dataset",
     "prepare_sdm",
+    "register_files",
+    "resume_model",
     "rigid_baseline_outcome",
     "rigid_pairs",
+    "rigid_scale",
     "sdm_dice",
     "summarise_errors",
+    "summarise_runs",
     "to_mapping",
+    "train_landmark",
+    "train_registration",
+    "training_callbacks",
+    "validate",
     "validate_alignment",
+    "validation_split",
     "validation_starts",
+    "volume_stem",
+    "write_csv",
+    "write_gif",
+    "write_summary",
 ]

@@ -1,21 +1,15 @@
-"""Typed experiment configs: frozen dataclasses that YAML only fills.
+"""Typed experiment configs: frozen dataclasses, one per task, that YAML only fills.
 
-An unknown key is an error that names it (with the keys that would have been accepted);
-a value of the wrong type names the key and the expected type. ``--set a.b=value`` style
-overrides are applied to the mapping before it is checked.
+Each field has a one-line docstring (its meaning and unit). Checks that need no data run in
+``__post_init__`` and raise :class:`ConfigError` naming the key, what was expected and what
+came. Reading YAML and ``--set`` overrides into these classes is :mod:`agents.experiments.loading`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from itertools import pairwise
-from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any
 
 from agents.dqn import AgentConfig
 from agents.search import AlignConfig, SearchConfig
@@ -36,47 +30,48 @@ __all__ = [
     "SdmEnvConfig",
     "SdmExperiment",
     "TrainConfig",
-    "apply_overrides",
-    "experiment_from_mapping",
-    "from_mapping",
-    "load_experiment",
-    "to_mapping",
 ]
 
 TASKS = ("landmark", "rigid", "sdm")
-
-T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and how to fix it."""
 
 
+# ---------------------------------------------------------------------- shared sections
 @dataclass(frozen=True)
 class PhantomDataConfig:
-    """Synthetic CT phantoms written to ``cache_dir`` once (NIfTI + .fcsv + manifest).
-
-    ``shape_only`` drops pose and size changes (subjects differ only by the deformation
-    modes): the SDM task's data, where rigid pose is the rigid agent's job.
-    """
+    """Synthetic CT phantoms, written to ``cache_dir`` once (NIfTI + .fcsv + manifest)."""
 
     n_train: int = 24
+    """training subjects"""
     n_val: int = 4
+    """validation subjects (model selection and early stopping)"""
     n_test: int = 8
+    """held-out subjects for evaluate.py"""
     seed: int = 0
+    """seed of the phantom generator (the splits use disjoint seeds)"""
     spacing_mm: float = 2.0
+    """isotropic voxel spacing of the phantoms (mm)"""
     partial_fov: bool = False
+    """crop the phantoms' field of view"""
     shape_only: bool = False
+    """no pose or size changes, subjects differ by the deformation modes only (the SDM task's data)"""
     cache_dir: str = "data/phantoms"
+    """folder the phantom files are written to once and read from afterwards"""
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Either a manifest (CSV/YAML, see envs/dataset.py) or generated phantoms."""
+    """Either a manifest (CSV/YAML, see :mod:`envs.data`) or generated phantoms."""
 
     manifest: str | None = None
+    """manifest file of your own volumes (exclusive with ``phantoms``)"""
     phantoms: PhantomDataConfig | None = None
+    """generated phantoms (exclusive with ``manifest``)"""
     cache_gib: float = 4.0
+    """memory budget of the loaded-case cache (GiB)"""
 
     def __post_init__(self) -> None:
         if not self.cache_gib > 0:
@@ -86,41 +81,23 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class EnvConfig:
-    landmarks: tuple[str, ...] | None = None
-    levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0)
-    patch_size: int = 25
-    frames: int = 1
-    preset: str | None = None
-    max_episode_steps: int = 50
-    n_envs: int = 1
-
-    def __post_init__(self) -> None:
-        # Checked here, before any data is generated or read.
-        if self.patch_size < 5 or self.patch_size % 2 == 0:
-            raise ConfigError(
-                f"config env.patch_size: expected an odd integer >= 5 (e.g. 25), got {self.patch_size}"
-            )
-        levels = self.levels_mm
-        if not levels or min(levels) <= 0 or any(b >= a for a, b in pairwise(levels)):
-            raise ConfigError(
-                f"config env.levels_mm: expected positive spacings, coarse to fine, got {list(levels)}"
-            )
-        if not 1 <= self.frames <= 16:
-            raise ConfigError(f"config env.frames: expected 1..16, got {self.frames}")
-        if self.max_episode_steps < 1 or self.n_envs < 1:
-            raise ConfigError("config env.max_episode_steps and env.n_envs: expected >= 1")
-
-
-@dataclass(frozen=True)
 class TrainConfig:
+    """How long to train, how often to validate and checkpoint, and when to stop early."""
+
     total_timesteps: int = 100_000
+    """env steps (registration greedy learner: rendered samples) to train for"""
     max_minutes: float = 10.0
+    """wall-clock limit of one training session (minutes)"""
     eval_every_steps: int = 10_000
+    """steps between validations (and one more at the end)"""
     eval_cases: int | None = None
+    """validation cases per validation (null: all of the split)"""
     patience: int = 4
+    """validations in a row without a better score before training stops"""
     checkpoint_every_steps: int = 10_000
+    """steps between checkpoints of the latest policy"""
     progress_bar: bool = True
+    """show progress bars"""
 
     def __post_init__(self) -> None:
         for name in ("total_timesteps", "eval_every_steps", "patience", "checkpoint_every_steps"):
@@ -132,25 +109,16 @@ class TrainConfig:
             raise ConfigError(f"config train.eval_cases: expected >= 1 or null (all), got {self.eval_cases}")
 
 
-@dataclass(frozen=True)
-class LandmarkExperiment:
-    """Everything one landmark-detection training run needs."""
+def _check_data(data: DataConfig) -> None:
+    if (data.manifest is None) == (data.phantoms is None):
+        raise ConfigError("config data: give exactly one of data.manifest (a file) or data.phantoms")
 
-    task: str = "landmark"
-    name: str = "landmark"
-    seed: int = 0
-    data: DataConfig = field(default_factory=lambda: DataConfig(phantoms=PhantomDataConfig()))
-    env: EnvConfig = field(default_factory=EnvConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    agent: AgentConfig = field(default_factory=AgentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
 
-    def __post_init__(self) -> None:
-        if self.task != "landmark":
-            raise ConfigError(f"config task: expected 'landmark', got {self.task!r}")
-        if (self.data.manifest is None) == (self.data.phantoms is None):
-            raise ConfigError("config data: give exactly one of data.manifest (a file) or data.phantoms")
+def _check_levels(levels: tuple[float, ...]) -> None:
+    if not levels or min(levels) <= 0 or any(b >= a for a, b in pairwise(levels)):
+        raise ConfigError(
+            f"config env.levels_mm: expected positive spacings, coarse to fine, got {list(levels)}"
+        )
 
 
 def _check_steps(name: str, steps: tuple[float, ...], levels: tuple[float, ...]) -> None:
@@ -161,38 +129,114 @@ def _check_steps(name: str, steps: tuple[float, ...], levels: tuple[float, ...])
         )
 
 
-def _check_levels(levels: tuple[float, ...], obs_size: int) -> None:
-    if not levels or min(levels) <= 0 or any(b >= a for a, b in pairwise(levels)):
-        raise ConfigError(
-            f"config env.levels_mm: expected positive spacings, coarse to fine, got {list(levels)}"
-        )
+def _check_obs_size(obs_size: int) -> None:
     if obs_size < 9:
         raise ConfigError(f"config env.obs_size: expected >= 9 voxels (e.g. 25), got {obs_size}")
 
 
+# ---------------------------------------------------------------------- landmark task
 @dataclass(frozen=True)
-class RigidEnvConfig:
-    """The rigid registration env (see envs/registration.py ``RigidWorld``)."""
+class EnvConfig:
+    """The landmark env (:class:`envs.tasks.LandmarkWorld`)."""
 
+    landmarks: tuple[str, ...] | None = None
+    """landmarks to detect, in the network's output order (null: every one of the training split)"""
     levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0)
-    obs_size: int = 25
-    translation_steps_mm: tuple[float, ...] = (6.0, 2.0, 0.5)
-    rotation_steps_deg: tuple[float, ...] = (6.0, 2.0, 0.5)
-    misalignment_mm: float = 60.0
-    misalignment_deg: float = 60.0
-    contrast: str = "mixed"
-    partial_fov: float = 0.3
-    pairing: str = "self"
-    variants_per_case: int = 4
-    variant_motion: tuple[float, float] = (20.0, 15.0)
-    control_spacing_mm: float = 40.0
+    """pyramid spacings, coarse to fine (mm); the finest must not be finer than the data"""
+    patch_size: int = 25
+    """edge of the observed cube (voxels, odd)"""
+    frames: int = 1
+    """observations stacked along the channel axis"""
     preset: str | None = None
-    tre_threshold_mm: float = 1.0
+    """intensity preset (null: by modality)"""
     max_episode_steps: int = 50
-    n_envs: int = 8
+    """time limit of a training episode (steps)"""
+    n_envs: int = 1
+    """envs stepped together (one batched forward pass acts for all)"""
 
     def __post_init__(self) -> None:
-        _check_levels(self.levels_mm, self.obs_size)
+        # Checked here, before any data is generated or read.
+        if self.patch_size < 5 or self.patch_size % 2 == 0:
+            raise ConfigError(
+                f"config env.patch_size: expected an odd integer >= 5 (e.g. 25), got {self.patch_size}"
+            )
+        _check_levels(self.levels_mm)
+        if not 1 <= self.frames <= 16:
+            raise ConfigError(f"config env.frames: expected 1..16, got {self.frames}")
+        if self.max_episode_steps < 1 or self.n_envs < 1:
+            raise ConfigError("config env.max_episode_steps and env.n_envs: expected >= 1")
+
+
+@dataclass(frozen=True)
+class LandmarkExperiment:
+    """Everything one landmark-detection training run needs."""
+
+    task: str = "landmark"
+    """the task: landmark"""
+    name: str = "landmark"
+    """run name (the run folder is runs/NAME-DATE)"""
+    seed: int = 0
+    """seed of worlds, envs, model and augmentation"""
+    data: DataConfig = field(default_factory=lambda: DataConfig(phantoms=PhantomDataConfig()))
+    """where the volumes come from"""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """the env the agent trains in"""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """augmented variants of the training cases"""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    """the DQN agent"""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """training length, validation, checkpoints"""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """test-time search (validation and evaluation)"""
+
+    def __post_init__(self) -> None:
+        if self.task != "landmark":
+            raise ConfigError(f"config task: expected 'landmark', got {self.task!r}")
+        _check_data(self.data)
+
+
+# ---------------------------------------------------------------------- registration tasks
+@dataclass(frozen=True)
+class RigidEnvConfig:
+    """The rigid registration env (:class:`envs.tasks.RigidWorld`); fields are its keyword arguments."""
+
+    levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0)
+    """pyramid spacings, coarse to fine (mm)"""
+    obs_size: int = 25
+    """edge of the observed cubes (voxels)"""
+    translation_steps_mm: tuple[float, ...] = (6.0, 2.0, 0.5)
+    """translation step per level (mm)"""
+    rotation_steps_deg: tuple[float, ...] = (6.0, 2.0, 0.5)
+    """rotation step per level (degrees)"""
+    misalignment_mm: float = 60.0
+    """training starts: uniform +-this translation per axis (mm)"""
+    misalignment_deg: float = 60.0
+    """training starts: uniform +-this rotation per axis (degrees)"""
+    contrast: str = "mixed"
+    """moving copies: same, multimodal (re-contrasted) or mixed (each variant one or the other)"""
+    partial_fov: float = 0.3
+    """share of moving copies cropped to a 40-70 % slab"""
+    pairing: str = "self"
+    """self (a case with moved copies of itself) or landmarks (the next case, truth from shared landmarks)"""
+    variants_per_case: int = 4
+    """pairs made from each case"""
+    variant_motion: tuple[float, float] = (20.0, 15.0)
+    """true motion of a self pair: uniform +-mm, +-degrees per axis"""
+    control_spacing_mm: float = 40.0
+    """spacing of the control points the TRE is measured on (mm)"""
+    preset: str | None = None
+    """intensity preset (null: by modality)"""
+    tre_threshold_mm: float = 1.0
+    """SB3 training episodes end when the TRE is below this (mm)"""
+    max_episode_steps: int = 50
+    """time limit of an SB3 training episode (steps)"""
+    n_envs: int = 8
+    """envs stepped together (SB3 DQN only)"""
+
+    def __post_init__(self) -> None:
+        _check_levels(self.levels_mm)
+        _check_obs_size(self.obs_size)
         _check_steps("translation_steps_mm", self.translation_steps_mm, self.levels_mm)
         _check_steps("rotation_steps_deg", self.rotation_steps_deg, self.levels_mm)
         if self.contrast not in ("same", "multimodal", "mixed"):
@@ -209,6 +253,7 @@ class RigidEnvConfig:
             raise ConfigError("config env.variants_per_case, max_episode_steps and n_envs: expected >= 1")
 
     def world_kwargs(self) -> dict[str, Any]:
+        """The :class:`envs.tasks.RigidWorld` keyword arguments (every field but the SB3 episode ones)."""
         return {
             "levels_mm": self.levels_mm,
             "obs_size": self.obs_size,
@@ -228,25 +273,36 @@ class RigidEnvConfig:
 
 @dataclass(frozen=True)
 class SdmEnvConfig:
-    """The SDM registration env (see envs/deformation.py ``DeformableWorld``)."""
+    """The SDM registration env (:class:`envs.tasks.DeformableWorld`)."""
 
     levels_mm: tuple[float, ...] = (8.0, 4.0)
+    """pyramid spacings, coarse to fine (mm)"""
     obs_size: int = 25
+    """edge of the observed cubes (voxels)"""
     coefficient_steps: tuple[float, ...] = (0.4, 0.1)
+    """mode-coefficient step per level (standard deviations)"""
     start_range: float = 2.5
+    """training starts: uniform +-this per coefficient (standard deviations)"""
     control_spacing_mm: float = 30.0
+    """spacing of the control points the TRE is measured on (mm)"""
     preset: str | None = None
+    """intensity preset (null: by modality)"""
     tre_threshold_mm: float = 1.0
+    """SB3 training episodes end when the TRE is below this (mm)"""
     max_episode_steps: int = 50
+    """time limit of an SB3 training episode (steps)"""
     n_envs: int = 8
+    """envs stepped together (SB3 DQN only)"""
 
     def __post_init__(self) -> None:
-        _check_levels(self.levels_mm, self.obs_size)
+        _check_levels(self.levels_mm)
+        _check_obs_size(self.obs_size)
         _check_steps("coefficient_steps", self.coefficient_steps, self.levels_mm)
         if self.max_episode_steps < 1 or self.n_envs < 1:
             raise ConfigError("config env.max_episode_steps and env.n_envs: expected >= 1")
 
     def world_kwargs(self) -> dict[str, Any]:
+        """The :class:`envs.tasks.DeformableWorld` keyword arguments (besides model and atlas)."""
         return {
             "levels_mm": self.levels_mm,
             "obs_size": self.obs_size,
@@ -259,27 +315,35 @@ class SdmEnvConfig:
 
 @dataclass(frozen=True)
 class AtlasFiles:
-    """The atlas an SDM agent warps (user data): image, optional label map and landmarks."""
+    """The atlas an SDM agent warps (user data)."""
 
     image: str
+    """atlas volume"""
     labels: str | None = None
+    """label map on the atlas grid (for Dice)"""
     landmarks: str | None = None
+    """landmark file of the atlas"""
 
 
 @dataclass(frozen=True)
 class SdmConfig:
-    """Where the statistical deformation model comes from.
+    """Where the statistical deformation model comes from: a file, or fitted.
 
-    ``file``: a model saved by ``StatisticalDeformationModel.save`` (``.npz``). Without it the
-    model is fitted: to ``n_fields`` shape-only training phantoms' true fields (phantom data),
-    or, for a manifest, by B-spline registration of the training volumes to the atlas.
+    Without ``file`` the model is fitted to ``n_fields`` shape-only training phantoms' true
+    fields (phantom data) or, for a manifest, by B-spline registration of the training volumes
+    to the atlas.
     """
 
     file: str | None = None
+    """a model saved by ``StatisticalDeformationModel.save`` (.npz)"""
     k: int = 6
+    """deformation modes kept"""
     n_fields: int = 24
+    """displacement fields the model is fitted to"""
     spacing_mm: float = 8.0
+    """grid spacing of the model's fields (mm)"""
     atlas: AtlasFiles | None = None
+    """the atlas (null: the mean phantom)"""
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_fields < 2 or not self.spacing_mm > 0:
@@ -291,19 +355,26 @@ class RigidExperiment:
     """Everything one rigid-registration training run needs."""
 
     task: str = "rigid"
+    """the task: rigid"""
     name: str = "rigid"
+    """run name (the run folder is runs/NAME-DATE)"""
     seed: int = 0
+    """seed of worlds, envs and model"""
     data: DataConfig = field(default_factory=lambda: DataConfig(phantoms=PhantomDataConfig()))
+    """where the volumes come from"""
     env: RigidEnvConfig = field(default_factory=RigidEnvConfig)
+    """the world the agent trains in"""
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(algorithm="greedy"))
+    """the agent (algorithm greedy: agents.greedy says which fields it reads)"""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """training length, validation, checkpoints"""
     search: AlignConfig = field(default_factory=AlignConfig)
+    """test-time search (validation and evaluation)"""
 
     def __post_init__(self) -> None:
         if self.task != "rigid":
             raise ConfigError(f"config task: expected 'rigid', got {self.task!r}")
-        if (self.data.manifest is None) == (self.data.phantoms is None):
-            raise ConfigError("config data: give exactly one of data.manifest (a file) or data.phantoms")
+        _check_data(self.data)
 
 
 @dataclass(frozen=True)
@@ -311,20 +382,28 @@ class SdmExperiment:
     """Everything one SDM (deformable) registration training run needs."""
 
     task: str = "sdm"
+    """the task: sdm"""
     name: str = "sdm"
+    """run name (the run folder is runs/NAME-DATE)"""
     seed: int = 0
+    """seed of worlds, envs and model"""
     data: DataConfig = field(default_factory=lambda: DataConfig(phantoms=PhantomDataConfig(shape_only=True)))
+    """where the volumes come from"""
     sdm: SdmConfig = field(default_factory=SdmConfig)
+    """the statistical deformation model and its atlas"""
     env: SdmEnvConfig = field(default_factory=SdmEnvConfig)
+    """the world the agent trains in"""
     agent: AgentConfig = field(default_factory=lambda: AgentConfig(algorithm="greedy"))
+    """the agent (algorithm greedy: agents.greedy says which fields it reads)"""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """training length, validation, checkpoints"""
     search: AlignConfig = field(default_factory=AlignConfig)
+    """test-time search (validation and evaluation)"""
 
     def __post_init__(self) -> None:
         if self.task != "sdm":
             raise ConfigError(f"config task: expected 'sdm', got {self.task!r}")
-        if (self.data.manifest is None) == (self.data.phantoms is None):
-            raise ConfigError("config data: give exactly one of data.manifest (a file) or data.phantoms")
+        _check_data(self.data)
         if self.data.manifest is not None and self.sdm.atlas is None:
             raise ConfigError(
                 "config sdm.atlas: a manifest needs an atlas (sdm.atlas.image, and labels/landmarks) to warp"
@@ -332,158 +411,3 @@ class SdmExperiment:
 
 
 Experiment = LandmarkExperiment | RigidExperiment | SdmExperiment
-_EXPERIMENTS: dict[str, type] = {
-    "landmark": LandmarkExperiment,
-    "rigid": RigidExperiment,
-    "sdm": SdmExperiment,
-}
-
-
-# ---------------------------------------------------------------------- mapping <-> dataclass
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
-            try:
-                return _convert(value, option, key)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if errors else f"config {key}: unexpected value {value!r}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"config {key}: expected one of {list(args)}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"config {key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return from_mapping(tp, value, key)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config {key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(item, args[0], f"{key}[{i}]") for i, item in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"config {key}: expected {len(args)} values, got {len(value)}")
-        return tuple(
-            _convert(item, sub, f"{key}[{i}]") for i, (item, sub) in enumerate(zip(value, args, strict=True))
-        )
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config {key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"config {key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config {key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config {key}: expected text, got {value!r}")
-        return value
-    return value
-
-
-def from_mapping(cls: type[T], mapping: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a (YAML) mapping; unknown keys and wrong types raise."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(mapping) - fields)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"config: unknown key {where}{unknown[0]!s}; {cls.__name__} accepts: {', '.join(sorted(fields))}"
-        )
-    values = {}
-    for name, value in mapping.items():
-        key = f"{prefix}.{name}" if prefix else name
-        values[name] = _convert(value, hints[name], key)
-    try:
-        return cls(**values)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"config {prefix or cls.__name__}: {error}") from None
-
-
-def to_mapping(config: Any) -> Any:
-    """A plain (YAML-ready) mapping of a config dataclass."""
-    if dataclasses.is_dataclass(config):
-        return {f.name: to_mapping(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, tuple):
-        return [to_mapping(item) for item in config]
-    return config
-
-
-def apply_overrides(mapping: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested mapping."""
-    result = yaml.safe_load(yaml.safe_dump(mapping))  # deep copy of plain data
-    for override in overrides:
-        if "=" not in override:
-            raise ConfigError(
-                f"--set {override!r}: expected key=value, e.g. --set train.total_timesteps=20000"
-            )
-        dotted, raw = override.split("=", 1)
-        keys = dotted.strip().split(".")
-        node = result
-        for key in keys[:-1]:
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {dotted}: {key!r} is not a section")
-            node = child
-        node[keys[-1]] = yaml.safe_load(raw)
-    return result
-
-
-def load_experiment(path: str | Path | None, overrides: list[str] | None = None) -> Experiment:
-    """Read a YAML experiment, apply overrides, check every key and type."""
-    mapping: dict[str, Any] = {}
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(
-                f"config {file}: file not found; pass a YAML file such as configs/landmark_phantom.yaml"
-            )
-        try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config {file}: not valid YAML ({error})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"config {file}: expected a mapping at the top level, got {type(loaded).__name__}"
-            )
-        mapping = loaded
-    mapping = apply_overrides(mapping, overrides or [])
-    return experiment_from_mapping(mapping)
-
-
-def experiment_from_mapping(mapping: dict[str, Any]) -> Experiment:
-    """The experiment class of ``mapping["task"]`` (default ``landmark``), filled and checked."""
-    task = mapping.get("task", "landmark")
-    if task not in _EXPERIMENTS:
-        raise ConfigError(f"config task: expected one of {list(TASKS)}, got {task!r}")
-    if "data" in mapping and isinstance(mapping["data"], dict) and "manifest" in mapping["data"]:
-        mapping["data"].setdefault("phantoms", None)
-    return from_mapping(_EXPERIMENTS[task], mapping)

@@ -1,59 +1,51 @@
-"""Run folders: self-describing results of one training run.
+"""Run folders: the self-describing results of one training run, and their life cycle.
 
 Layout::
 
     RUN/config.yaml        the resolved experiment (every default filled in)
     RUN/meta.json          package versions, seed, command line, start time
-    RUN/state.json         steps done, best validation figure (updated during training)
+    RUN/landmarks.json     landmark task: the model's output order
+    RUN/state.json         steps done, best validation score, patience (updated during training)
     RUN/validation.csv     one row per validation
-    RUN/checkpoints/latest.pt, best.pt   policy weights only (agents.dqn.save_policy)
+    RUN/summary.json       the last training session: steps, speed, best figure, validations
+    RUN/checkpoints/latest.pt, best.pt   policy weights only (agents.checkpoints)
     RUN/tb/                TensorBoard logs
 
-Every file is written atomically (temp file in the same folder, then rename).
+Every file is written through :mod:`envs.io.atomic` (never half-written).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
+import shutil
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from agents.experiments.config import Experiment, experiment_from_mapping, to_mapping
+from agents.checkpoints import load_policy
+from agents.experiments.config import Experiment
+from agents.experiments.loading import experiment_from_mapping, to_mapping
+from envs.io.atomic import atomic_write_text
 
 __all__ = [
     "Run",
-    "atomic_write_text",
     "create_run",
+    "new_run_or_nothing",
     "open_run",
     "package_versions",
+    "resume_model",
 ]
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(temp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a run's numbers depend on."""
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
@@ -67,6 +59,8 @@ def package_versions() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Run:
+    """A run folder and the experiment it holds."""
+
     path: Path
     experiment: Experiment
 
@@ -99,6 +93,10 @@ class Run:
             raise ValueError(f"run folder {self.path}: no landmarks.json; it was not made by train.py")
         return list(json.loads(path.read_text())["landmarks"])
 
+    def write_landmark_names(self, names: list[str]) -> None:
+        """Record the model's landmark order (evaluate.py reads it back)."""
+        atomic_write_text(self.path / "landmarks.json", json.dumps({"landmarks": names}, indent=2) + "\n")
+
     def read_state(self) -> dict[str, Any]:
         path = self.path / "state.json"
         return json.loads(path.read_text()) if path.is_file() else {}
@@ -106,9 +104,15 @@ class Run:
     def write_state(self, state: dict[str, Any]) -> None:
         atomic_write_text(self.path / "state.json", json.dumps(state, indent=2) + "\n")
 
+    def update_state(self, **fields: Any) -> None:
+        """Merge ``fields`` into state.json (keys keep their first position)."""
+        state = self.read_state()
+        state.update(fields)
+        self.write_state(state)
+
 
 def create_run(experiment: Experiment, root: Path = Path("runs"), path: Path | None = None) -> Run:
-    """Make a new run folder with the resolved config and meta data."""
+    """Make a new run folder (default ``root/NAME-DATE``) with the resolved config and meta data."""
     if path is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(root) / f"{experiment.name}-{stamp}"
@@ -150,3 +154,33 @@ def open_run(path: str | Path) -> Run:
     except yaml.YAMLError as error:
         raise ValueError(f"run folder {folder}: config.yaml is not valid YAML ({error})") from None
     return Run(folder, experiment_from_mapping(mapping))
+
+
+@contextmanager
+def new_run_or_nothing(run: Run, created: bool) -> Iterator[Run]:
+    """Yield ``run``; if the body fails before the first checkpoint of a run it ``created``, remove it.
+
+    Bad input found only once learning started leaves no half-made run folder behind; a
+    resumed run (``created`` False) is never removed.
+    """
+    try:
+        yield run
+    except BaseException:
+        if created and not run.latest_policy.is_file():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def resume_model(model: Any, run: Run, env: Any, done_steps: int, learning_starts: int) -> None:
+    """Load the run's latest weights into an SB3 model and continue its step count.
+
+    The replay buffer is not saved: it fills again (``learning_starts`` steps) before the
+    first update. Nothing happens when the run has no latest checkpoint yet.
+    """
+    if not run.latest_policy.is_file():
+        return
+    loaded = load_policy(run.latest_policy, env)
+    model.policy.q_net.load_state_dict(loaded.q_net.state_dict())
+    model.policy.q_net_target.load_state_dict(loaded.q_net.state_dict())
+    model.num_timesteps = done_steps
+    model.learning_starts = done_steps + learning_starts

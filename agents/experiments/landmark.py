@@ -1,0 +1,316 @@
+"""The landmark task end to end: train an agent, evaluate runs in mm, predict on new volumes.
+
+``train.py`` and ``evaluate.py`` dispatch here for ``task: landmark``. Points are LPS
+millimetres; the model's output order is the run's ``landmarks.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import DummyVecEnv
+from tqdm import tqdm
+
+import envs
+from agents.checkpoints import load_policy
+from agents.dqn import build_model
+from agents.experiments.config import LandmarkExperiment
+from agents.experiments.data import evaluation_dataset, make_world, validation_split
+from agents.experiments.metrics import metrics_from_rows, summarise_runs
+from agents.experiments.monitor import training_callbacks, write_summary
+from agents.experiments.reports import (
+    landmark_markdown,
+    plot_errors,
+    plot_trajectories,
+    volume_stem,
+    write_csv,
+)
+from agents.experiments.runs import Run, create_run, new_run_or_nothing, resume_model
+from agents.experiments.validation import landmark_score, validate
+from agents.search import Detection, OraclePolicy, QNetworkPolicy, detect_landmarks, scored_detections
+from envs import io
+from envs.data import Case, Dataset
+from envs.io.atomic import atomic_write_text
+
+__all__ = ["evaluate_landmark_runs", "evaluate_run", "predict", "train_landmark"]
+
+ACTIONS = gym.spaces.Discrete(6)  # one step along +-x, +-y, +-z
+
+
+# ---------------------------------------------------------------------- training
+def train_landmark(
+    experiment: LandmarkExperiment,
+    dataset: Dataset,
+    run: Run | None,
+    state: dict[str, Any],
+    run_dir: Path | None,
+) -> int:
+    """Train a DQN landmark agent; ``run`` is the run to resume (None: create one at ``run_dir``)."""
+    # worlds: a resumed run keeps its own landmark order (the network's output is tied to it)
+    resumed_names = run.landmark_names() if run is not None else None
+    train_world = make_world(experiment, dataset, "train", augment=True, landmarks=resumed_names)
+    names = list(train_world.landmark_names)
+    val_split = validation_split(dataset)
+    if val_split == "train":
+        print("train.py: warning: no val split; validating on the training cases", file=sys.stderr)
+    val_world = make_world(experiment, dataset, val_split, landmarks=names)
+    val_world.variant(0)  # loads one case now: a level finer than the data fails here, not mid-run
+    # envs: built like train_world and sharing its dataset cache, so train_world renders every env's poses
+    env_kwargs = dict(
+        dataset=dataset,
+        split="train",
+        landmarks=names,
+        levels_mm=experiment.env.levels_mm,
+        patch_size=experiment.env.patch_size,
+        frames=experiment.env.frames,
+        preset=experiment.env.preset,
+        augment=experiment.augment,
+        world_seed=experiment.seed,
+        max_episode_steps=experiment.env.max_episode_steps,
+    )
+    vec_env = DummyVecEnv(
+        [lambda: gym.make(envs.LANDMARK_ENV_ID, **env_kwargs) for _ in range(experiment.env.n_envs)]
+    )
+    vec_env.seed(experiment.seed)
+    resuming = run is not None
+    if run is None:
+        run = create_run(experiment, path=run_dir)
+        run.write_landmark_names(names)  # evaluate.py reads the model's landmark order from here
+    with new_run_or_nothing(run, created=not resuming):
+        # model
+        model = build_model(
+            experiment.agent,
+            vec_env,
+            seed=experiment.seed,
+            tensorboard_log=str(run.path / "tb"),
+            pose_renderer=train_world.observations_from_poses,
+        )
+        done_steps = int(state.get("num_timesteps", 0))
+        if resuming:
+            resume_model(model, run, vec_env, done_steps, experiment.agent.learning_starts)
+        remaining = experiment.train.total_timesteps - done_steps
+        if remaining <= 0:
+            print(f"train.py: {run.path} already trained {done_steps} steps; nothing to do")
+            return 0
+        # callbacks and learning
+        max_cases = experiment.train.eval_cases
+        callbacks, validation = training_callbacks(
+            run,
+            lambda policy: validate(policy, val_world, experiment, max_cases),
+            landmark_score,
+            experiment,
+            done_steps,
+            state,
+        )
+        print(
+            f"train.py: run folder {run.path} ({len(names)} landmarks, "
+            f"{len(train_world.cases)} training cases x "
+            f"{train_world.n_variants // len(train_world.cases)} variants)"
+        )
+        began = time.perf_counter()
+        model.learn(
+            remaining,
+            callback=callbacks,
+            progress_bar=experiment.train.progress_bar,
+            reset_num_timesteps=not resuming,
+            tb_log_name="dqn",
+        )
+        minutes = (time.perf_counter() - began) / 60.0
+        # summary
+        rate = write_summary(run, validation, int(model.num_timesteps), done_steps, minutes)
+        print(
+            f"train.py: {model.num_timesteps} steps in {minutes:.1f} min ({rate:.0f} steps/s); "
+            f"best validation median {validation.best_mm:.2f} mm; saved {run.best_policy}"
+        )
+        vec_env.close()
+        return 0
+
+
+# ---------------------------------------------------------------------- evaluation
+def _check_landmarks(run: Run, dataset: Dataset, split: str, names: list[str]) -> None:
+    available = set(dataset.landmark_names([split]))
+    missing = [name for name in names if name not in available]
+    if len(missing) == len(names):
+        raise ValueError(
+            f"run {run.path}: the model was trained on landmarks {names}, but split {split!r} of "
+            f"{dataset.source} has {sorted(available)}; evaluate with data annotated for this model"
+        )
+    if missing:
+        print(
+            f"evaluate.py: note: {missing} not annotated in {split!r}; they are searched but not scored",
+            file=sys.stderr,
+        )
+
+
+def evaluate_run(
+    run: Run, dataset: Dataset, split: str, baseline: str | None, out: Path, gif: bool, atlases: int = 3
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Errors of agent, oracle (and the atlas baseline) on every case of ``split``; returns metrics and rows.
+
+    Also draws the agent's first case's search paths to ``out/trajectories.png`` (and ``.gif``).
+    """
+    experiment = run.experiment
+    names = run.landmark_names()
+    _check_landmarks(run, dataset, split, names)
+    world = make_world(experiment, dataset, split, augment=False, landmarks=names)
+    policy = load_policy(run.policy_path(), (world.observation_space(), ACTIONS))
+    methods: dict[str, Any] = {"agent": QNetworkPolicy(policy), "oracle": OraclePolicy()}
+    rows: list[dict[str, Any]] = []
+    first_detections: dict[str, Detection] | None = None
+    for index in tqdm(range(world.n_variants), desc=f"evaluate {run.path.name}", unit="case"):
+        variant = world.variant(index)
+        for method, policy_fn in methods.items():
+            detections = detect_landmarks(world, variant, policy_fn, config=experiment.search, seed=index)
+            if method == "agent" and first_detections is None:
+                first_detections = detections
+                plot_trajectories(world, variant, detections, out / "trajectories.png", gif)
+            rows.extend(_rows(run, variant, names, method, detections))
+        if baseline == "atlas":
+            rows.extend(_atlas_rows(run, dataset, variant, names, atlases))
+    return metrics_from_rows(rows), rows
+
+
+def _rows(
+    run: Run, variant: Any, names: list[str], method: str, detections: dict[str, Detection]
+) -> list[dict[str, Any]]:
+    """errors.csv rows of one method on one case."""
+    rows = []
+    for name, truth, detection, error, found in scored_detections(
+        names, variant.landmarks_lps_mm, detections
+    ):
+        position = detection.position_lps_mm
+        rows.append(
+            {
+                "run": run.path.name,
+                "case": variant.case_id,
+                "landmark": name,
+                "method": method,
+                "error_mm": error,
+                "found": found,
+                "confidence": detection.confidence,
+                "seconds": detection.seconds,
+                "x_lps": position[0],
+                "y_lps": position[1],
+                "z_lps": position[2],
+                "true_x_lps": truth[0],
+                "true_y_lps": truth[1],
+                "true_z_lps": truth[2],
+            }
+        )
+    return rows
+
+
+def _atlas_rows(
+    run: Run, dataset: Dataset, variant: Any, names: list[str], count: int
+) -> list[dict[str, Any]]:
+    """The atlas baseline's rows: ``count`` training volumes registered to the case, landmarks carried."""
+    from agents.baselines import multi_atlas_transfer
+
+    atlases = []
+    for case in dataset.split("train")[:count]:
+        subject = dataset.load(case)
+        atlases.append((subject.volume, {n: p for n, p in subject.landmarks.items() if n in names}))
+    target = dataset.load(variant.case_id).volume
+    result = multi_atlas_transfer(atlases, target)
+    detections = {}
+    for name in names:
+        point = result.landmarks.get(name, np.full(3, np.nan))
+        detections[name] = Detection(
+            name,
+            np.asarray(point, dtype=float),
+            not np.isnan(point[0]),
+            1.0,
+            0,
+            result.seconds / max(len(names), 1),
+            np.zeros((0, 3)),
+            [],
+        )
+    return _rows(run, variant, names, "atlas", detections)
+
+
+def evaluate_landmark_runs(
+    runs: list[Run],
+    *,
+    data: Path | None,
+    split: str,
+    baseline: str | None,
+    atlases: int,
+    gif: bool,
+    out: Path | None,
+) -> int:
+    """evaluate.py for landmark runs: metrics.json, errors.csv, metrics.md and plots per run.
+
+    Several runs (training seeds) are also summarised as mean +- std in summary_over_runs.json.
+    """
+    per_run: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        began = time.perf_counter()
+        dataset = evaluation_dataset(run.experiment, data)
+        if not dataset.split(split):
+            raise ValueError(f"{dataset.source}: split {split!r} has no cases; choose --split train/val/test")
+        folder = out / run.path.name if out and len(runs) > 1 else (out or run.path / f"eval-{split}")
+        folder.mkdir(parents=True, exist_ok=True)
+        if atlases < 1:
+            raise ValueError(f"--atlases: expected >= 1, got {atlases}")
+        metrics, rows = evaluate_run(run, dataset, split, baseline, folder, gif, atlases)
+        per_run[f"{len(per_run)}:{run.path}"] = metrics
+        write_csv(folder / "errors.csv", rows)
+        atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        table = landmark_markdown(metrics, f"{run.path.name}: split {split} ({dataset.source})")
+        atomic_write_text(folder / "metrics.md", table)
+        plot_errors(rows, folder / "errors_per_landmark.png")
+        print(table)
+        print(
+            f"evaluate.py: {time.perf_counter() - began:.0f} s; wrote {folder}/metrics.json, errors.csv, "
+            f"metrics.md, errors_per_landmark.png, trajectories.png" + (", trajectories.gif" if gif else "")
+        )
+    if len(runs) > 1:
+        summary = summarise_runs(per_run)
+        target = out or runs[0].path.parent
+        atomic_write_text(Path(target) / "summary_over_runs.json", json.dumps(summary, indent=2) + "\n")
+        print(f"### mean ± std over {len(runs)} runs")
+        for method, figures in summary.items():
+            med, p95 = figures["median_mm"], figures["p95_mm"]
+            print(
+                f"{method}: median {med['mean']:.2f} ± {med['std']:.2f} mm, p95 {p95['mean']:.2f} ± "
+                f"{p95['std']:.2f} mm"
+            )
+    return 0
+
+
+# ---------------------------------------------------------------------- prediction
+def predict(run: Run, volumes: list[Path], out: Path) -> list[Path]:
+    """Detect the run's landmarks on unlabelled volumes and write .fcsv and .mrk.json for 3D Slicer."""
+    names = run.landmark_names()
+    cases = [
+        Case(f"predict_{i:03d}_{volume_stem(path)}", "test", image=path) for i, path in enumerate(volumes)
+    ]
+    for path in volumes:
+        if not path.exists():
+            raise FileNotFoundError(f"--predict {path}: file not found")
+    dataset = Dataset(cases, source="--predict volumes")
+    world = make_world(run.experiment, dataset, "test", augment=False, landmarks=names)
+    policy = QNetworkPolicy(load_policy(run.policy_path(), (world.observation_space(), ACTIONS)))
+    written = []
+    for index, path in enumerate(volumes):
+        variant = world.variant(index)
+        detections = detect_landmarks(world, variant, policy, config=run.experiment.search, seed=index)
+        points = {name: d.position_lps_mm for name, d in detections.items() if d.found}
+        if not points:
+            print(f"evaluate.py: {path}: no landmark found in the field of view", file=sys.stderr)
+            continue
+        for suffix in (".fcsv", ".mrk.json"):
+            written.append(io.write_landmarks(points, out / f"{volume_stem(path)}{suffix}"))
+        for name, d in detections.items():
+            state = "found" if d.found else "NOT FOUND"
+            print(
+                f"{volume_stem(path)}: {name}: {state} at LPS {np.round(d.position_lps_mm, 1).tolist()} "
+                f"(confidence {d.confidence:.2f})"
+            )
+    return written
