@@ -49,7 +49,7 @@ def register(
     initial: NDArray | list[float] | tuple[float, ...] | sitk.Transform | None = None,
     preset: str = "ct",
     moving_preset: str | None = None,
-    config: AlignConfig = AlignConfig(),  # noqa: B008 - a frozen dataclass: immutable
+    config: AlignConfig = AlignConfig(),
 ) -> tuple[Any, Alignment]:
     """Register ``moving`` to ``fixed`` with a trained agent; returns ``(answer, alignment)``.
 
