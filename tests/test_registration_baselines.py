@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from agents import baselines
 from agents.baselines import (
     BSplineBaselineConfig,
     RegistrationResult,
@@ -23,6 +22,7 @@ from agents.baselines import (
     elastix_rigid_baseline,
     rigid_baseline,
 )
+from agents.baselines import elastix as elastix_module
 from envs.core import Volume
 from envs.phantom import Phantom, PhantomConfig, generate_phantom
 
@@ -263,7 +263,7 @@ def test_elastix_euler_conversion_matches_transformix(
     parameters = itk.ParameterObject.New()
     parameters.AddParameterMap(parameter_map)
     elastix_field = itk.array_from_image(itk.transformix_deformation_field(image, parameters))
-    converted = baselines._euler_from_elastix({k: tuple(v) for k, v in parameter_map.items()})
+    converted = elastix_module._euler_from_elastix({k: tuple(v) for k, v in parameter_map.items()})
     ours = (
         np.array([converted.TransformPoint(p.tolist()) for p in _voxel_centres(volume).reshape(-1, 3)])
         - _voxel_centres(volume).reshape(-1, 3)

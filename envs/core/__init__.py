@@ -1,25 +1,63 @@
-"""Layer 1: geometry and pure helpers (numpy, scipy, SimpleITK only)."""
+"""Layer 1: geometry and pure helpers (numpy, scipy, SimpleITK only).
 
+* ``volume``: :class:`Volume`, voxels ``(z, y, x)`` placed in LPS mm; index <-> world.
+* ``intensity``: presets (CT window, MR percentiles), ``to_uint8``, ``preset_for(modality)``.
+* ``pyramid``: isotropic canonical resampling, uint8 pyramids, patch crops.
+* ``rigid``: Euler parameters <-> matrices <-> SimpleITK, rigid fits of point sets.
+* ``fields``: voxel-centre grids, displacement-field sampling, fields <-> SimpleITK.
+* ``body``: body mask, centre, control points and start voxels of a normalised level.
+* ``seeding``: stable hashes for per-case seeds.
+"""
+
+from envs.core.body import (
+    body_centre_lps,
+    body_centre_zyx,
+    body_mask,
+    body_threshold,
+    control_points,
+    start_candidates,
+)
+from envs.core.fields import (
+    cube_grid_lps,
+    field_at_points,
+    field_from_transform,
+    field_to_sitk,
+    field_transform,
+    sample_field,
+    voxel_centres_lps,
+)
+from envs.core.intensity import (
+    PRESETS,
+    IntensityPreset,
+    as_preset,
+    preset_for,
+    scale_to_unit_range,
+    to_uint8,
+)
+from envs.core.pyramid import (
+    Pyramid,
+    build_pyramid,
+    crop_patch,
+    resample_isotropic,
+)
 from envs.core.rigid import (
     apply_rigid,
+    compose_rigid,
     euler_matrix,
     euler_transform,
+    matrix_offset,
+    nearest_rotation,
     params_from_matrix,
     params_from_transform,
     rigid_fit,
+    rigid_parts,
+    rigid_transform,
 )
 from envs.core.seeding import (
     stable_hash,
 )
 from envs.core.volume import (
-    PRESETS,
-    IntensityPreset,
-    Pyramid,
     Volume,
-    build_pyramid,
-    crop_patch,
-    resample_isotropic,
-    to_uint8,
 )
 
 __all__ = [
@@ -28,14 +66,35 @@ __all__ = [
     "Pyramid",
     "Volume",
     "apply_rigid",
+    "as_preset",
+    "body_centre_lps",
+    "body_centre_zyx",
+    "body_mask",
+    "body_threshold",
     "build_pyramid",
+    "compose_rigid",
+    "control_points",
     "crop_patch",
+    "cube_grid_lps",
     "euler_matrix",
     "euler_transform",
+    "field_at_points",
+    "field_from_transform",
+    "field_to_sitk",
+    "field_transform",
+    "matrix_offset",
+    "nearest_rotation",
     "params_from_matrix",
     "params_from_transform",
+    "preset_for",
     "resample_isotropic",
     "rigid_fit",
+    "rigid_parts",
+    "rigid_transform",
+    "sample_field",
+    "scale_to_unit_range",
     "stable_hash",
+    "start_candidates",
     "to_uint8",
+    "voxel_centres_lps",
 ]
