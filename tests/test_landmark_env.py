@@ -12,7 +12,7 @@ import envs
 from agents.search import OraclePolicy, SearchConfig, detect_landmarks
 from envs.core import Volume
 from envs.data import AugmentConfig, Dataset, augmented_pyramid
-from envs.phantom import LANDMARK_NAMES
+from envs.phantom import LANDMARK_NAMES, phantom_dataset
 from envs.tasks import ACTION_NAMES, ACTIONS_ZYX, LandmarkEnv, LandmarkWorld
 
 LEVELS = (8.0, 4.0, 2.0)
@@ -20,7 +20,7 @@ LEVELS = (8.0, 4.0, 2.0)
 
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
-    return Dataset.phantoms(2, 1, 1, seed=3)
+    return phantom_dataset(2, 1, 1, seed=3)
 
 
 def make(dataset: Dataset, **kwargs) -> gym.Env:

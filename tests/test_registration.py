@@ -16,7 +16,7 @@ from agents.search import AlignConfig, AlignmentOracle, align, refine_alignment,
 from envs import io
 from envs.core import Volume, euler_matrix, euler_transform, params_from_transform, rigid_fit
 from envs.data import Dataset
-from envs.phantom import PhantomConfig, deformation_modes, generate_phantom, mean_phantom
+from envs.phantom import PhantomConfig, deformation_modes, generate_phantom, mean_phantom, phantom_dataset
 from envs.tasks import (
     RIGID_ACTION_NAMES,
     UNIT,
@@ -39,12 +39,12 @@ REAL_CT = Path(__file__).parent / "data" / "real_ct" / "lung2_ct_3mm.nrrd"
 
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
-    return Dataset.phantoms(2, 1, 2, seed=5, config=PhantomConfig(spacing_mm=4.0))
+    return phantom_dataset(2, 1, 2, seed=5, config=PhantomConfig(spacing_mm=4.0))
 
 
 @pytest.fixture(scope="module")
 def shape_dataset() -> Dataset:
-    return Dataset.phantoms(2, 1, 2, seed=5, config=shape_only_config(PhantomConfig(spacing_mm=4.0)))
+    return phantom_dataset(2, 1, 2, seed=5, config=shape_only_config(PhantomConfig(spacing_mm=4.0)))
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +353,7 @@ def test_real_ct_registers_to_its_moved_copy_and_files_are_readable(tmp_path: Pa
     """A real chest CT (pyradiomics test data) against itself under a large known rigid motion."""
     fixed = io.read_volume(REAL_CT)
     world = RigidWorld(
-        Dataset.phantoms(1, 0, 0), "train", levels_mm=(9.0, 4.5, 3.0), obs_size=21,
+        phantom_dataset(1, 0, 0), "train", levels_mm=(9.0, 4.5, 3.0), obs_size=21,
         translation_steps_mm=(6.0, 2.0, 0.5), rotation_steps_deg=(6.0, 2.0, 0.5),
     )  # fmt: skip
     truth = np.array([25.0, -18.0, 12.0, 20.0, -15.0, 25.0])

@@ -1,11 +1,61 @@
-"""Layer 5: the worlds and Gymnasium envs of each task, on one shared base."""
+"""Layer 5: the worlds and Gymnasium envs of each task, on one shared base.
 
-from envs.tasks.deformation import (
+* ``base``: argument checks, :class:`TaskWorld` (levels, presets, resolution, variant table),
+  reset-option parsing, level choice, pose packing, the oscillation tracker.
+* ``landmark`` / ``landmark_env``: :class:`LandmarkWorld` / :class:`LandmarkEnv`.
+* ``alignment``: pair, world and episode logic shared by rigid and SDM registration.
+* ``rigid``: :class:`RigidWorld`, :class:`RigidRegistrationEnv`, contrast changes.
+* ``sdm_model`` / ``sdm``: the statistical deformation model and its fits /
+  :class:`DeformableWorld`, :class:`DeformableRegistrationEnv`.
+"""
+
+from envs.tasks.alignment import (
+    UNIT,
+    AlignmentEnv,
+    AlignmentPair,
+    AlignmentWorld,
+)
+from envs.tasks.base import (
+    OSCILLATION_WINDOW,
+    RENDER_MODES,
+    SCHEDULES,
+    OscillationTracker,
+    TaskEnv,
+    TaskWorld,
+    check_levels,
+    check_preset,
+    check_render_mode,
+    check_schedule,
+    pack_pose,
+    reset_level,
+    reset_options,
+    resolve_dataset,
+)
+from envs.tasks.landmark import (
+    LandmarkWorld,
+    Variant,
+)
+from envs.tasks.landmark_env import (
+    ACTION_NAMES,
+    ACTIONS_ZYX,
+    LandmarkEnv,
+)
+from envs.tasks.rigid import (
+    CONTRASTS,
+    RIGID_ACTION_NAMES,
+    RIGID_PARAM_NAMES,
+    RigidRegistrationEnv,
+    RigidWorld,
+    multimodal_lut,
+)
+from envs.tasks.sdm import (
+    DeformableRegistrationEnv,
+    DeformableWorld,
+)
+from envs.tasks.sdm_model import (
     DICE_STRUCTURES,
     SDM_FORMAT,
     SDM_VERSION,
-    DeformableRegistrationEnv,
-    DeformableWorld,
     StatisticalDeformationModel,
     dice_scores,
     fit_sdm_from_volumes,
@@ -13,33 +63,17 @@ from envs.tasks.deformation import (
     phantom_structures,
     shape_only_config,
 )
-from envs.tasks.landmark import (
-    ACTION_NAMES,
-    ACTIONS_ZYX,
-    LandmarkEnv,
-    LandmarkWorld,
-    Variant,
-)
-from envs.tasks.registration import (
-    CONTRASTS,
-    RIGID_ACTION_NAMES,
-    RIGID_PARAM_NAMES,
-    UNIT,
-    AlignmentEnv,
-    AlignmentPair,
-    AlignmentWorld,
-    RigidRegistrationEnv,
-    RigidWorld,
-    multimodal_lut,
-)
 
 __all__ = [
     "ACTIONS_ZYX",
     "ACTION_NAMES",
     "CONTRASTS",
     "DICE_STRUCTURES",
+    "OSCILLATION_WINDOW",
+    "RENDER_MODES",
     "RIGID_ACTION_NAMES",
     "RIGID_PARAM_NAMES",
+    "SCHEDULES",
     "SDM_FORMAT",
     "SDM_VERSION",
     "UNIT",
@@ -50,14 +84,25 @@ __all__ = [
     "DeformableWorld",
     "LandmarkEnv",
     "LandmarkWorld",
+    "OscillationTracker",
     "RigidRegistrationEnv",
     "RigidWorld",
     "StatisticalDeformationModel",
+    "TaskEnv",
+    "TaskWorld",
     "Variant",
+    "check_levels",
+    "check_preset",
+    "check_render_mode",
+    "check_schedule",
     "dice_scores",
     "fit_sdm_from_volumes",
     "multimodal_lut",
+    "pack_pose",
     "phantom_sdm",
     "phantom_structures",
+    "reset_level",
+    "reset_options",
+    "resolve_dataset",
     "shape_only_config",
 ]
