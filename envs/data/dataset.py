@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from envs import io
 from envs.data.cache import ByteLRUCache
@@ -71,23 +71,6 @@ class Dataset:
     def from_manifest(cls, path: str | Path, *, cache_bytes: int = 4 << 30) -> Dataset:
         """Read a CSV or YAML manifest (format in :mod:`envs.data.manifest`); every file must exist."""
         return cls(read_manifest(path), cache_bytes=cache_bytes, source=str(Path(path)))
-
-    @classmethod
-    def phantoms(
-        cls,
-        n_train: int = 16,
-        n_val: int = 4,
-        n_test: int = 4,
-        *,
-        seed: int = 0,
-        config: Any = None,
-        cache_bytes: int = 4 << 30,
-    ) -> Dataset:
-        """In-memory synthetic CT phantoms: see :func:`envs.phantom.phantom_dataset`."""
-        # transitional: delegate to envs.phantom.phantom_dataset
-        from envs.phantom import phantom_dataset
-
-        return phantom_dataset(n_train, n_val, n_test, seed=seed, config=config, cache_bytes=cache_bytes)
 
     # ------------------------------------------------------------------ access
     def split(self, name: str) -> list[Case]:
