@@ -1,4 +1,4 @@
-"""Volumes in physical space: voxels plus the geometry that places them in LPS millimetres.
+r"""Volumes in physical space: voxels plus the geometry that places them in LPS millimetres.
 
 Conventions:
 
