@@ -25,12 +25,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch.nn import functional as F
 
-from agents.checkpoints import load_policy, make_policy, save_policy
+from agents.checkpoints import make_policy
 from agents.networks import DuelingDQNPolicy, VolumeDQNPolicy, VolumeFeatures, set_torch_threads
 from agents.replay import PoseRenderer, PoseReplayBuffer
 
-# load_policy and save_policy live in agents.checkpoints; re-exported here until every caller imports
-# them from there.
 __all__ = [
     "AgentConfig",
     "DoubleDQN",
@@ -38,9 +36,7 @@ __all__ = [
     "build_policy",
     "double_td_target",
     "greedy_td_target",
-    "load_policy",
     "predict_q_values",
-    "save_policy",
 ]
 
 _ALGORITHMS = ("dqn", "double", "greedy")
