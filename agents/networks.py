@@ -57,8 +57,9 @@ PATCH_KEY = "patch"
 def set_torch_threads(n: int | None = None) -> int:
     """Set the number of intra-op threads torch uses, and return it.
 
-    On a small, busy CPU box, 3-D conv training with 2 threads ran ~10x slower than with 1 (FACTS.md),
-    so the default on CPU is 1. With CUDA the host threads matter little and are left as they are.
+    On a small CPU box, 3-D conv training with several intra-op threads competes with the env and
+    the data work for the same cores, so the default on CPU is 1. With CUDA the host threads matter
+    little and are left as they are.
 
     Args:
         n: Thread count; ``None`` means 1 on a CPU-only machine, torch's current setting otherwise.
@@ -106,8 +107,8 @@ class VolumeFeatures(BaseFeaturesExtractor):
         kernel_sizes: Kernel edge of each conv layer (same length as ``channels``).
         strides: Stride of each conv layer (same length as ``channels``); a strided first layer keeps
             the cost of a 25^3 or 45^3 patch low.
-        channels_last: Run the convs in ``torch.channels_last_3d`` memory format; contiguous Conv3d
-            backward measured ~8x slower on CPU (FACTS.md).
+        channels_last: Run the convs in ``torch.channels_last_3d`` memory format (default: contiguous;
+            which is faster depends on the network and the machine: ``bench/bench_agents.py`` measures).
 
     Raises:
         ValueError: If the space has no 4-D ``"patch"`` box, the layer lists disagree in length, or the
@@ -125,7 +126,7 @@ class VolumeFeatures(BaseFeaturesExtractor):
         channels: Sequence[int] = (16, 32, 32),
         kernel_sizes: Sequence[int] = (5, 3, 3),
         strides: Sequence[int] = (2, 2, 1),
-        channels_last: bool = True,
+        channels_last: bool = False,
     ) -> None:
         patch_space = _check_patch_space(observation_space)
         super().__init__(observation_space, features_dim)

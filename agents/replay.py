@@ -1,10 +1,10 @@
 """A replay buffer that stores poses instead of patches and re-renders observations when sampled.
 
-Storing every patch is what made the old landmark code need 9 GB per 100k transitions of 45^3
-patches, and SB3's ``DictReplayBuffer`` stores next observations separately on top (1.56 GB at 50k
-transitions of 4x25^3, FACTS.md). An env state is fully described by a small integer pose, and the env
-rebuilds the observation of any pose deterministically, so the buffer keeps two poses per transition
-(~100 bytes) and asks a ``renderer`` for the patches of the sampled batch only.
+A buffer that stores every patch grows with the patch volume, and SB3's ``DictReplayBuffer``
+stores next observations separately on top. An env state is fully described by a small integer
+pose, and the env rebuilds the observation of any pose deterministically, so this buffer keeps
+two poses per transition and asks a ``renderer`` for the patches of the sampled batch only
+(``bench/bench_landmark_env.py`` measures the memory per transition of both).
 """
 
 from __future__ import annotations
