@@ -15,7 +15,7 @@ import envs
 from agents.search import AlignConfig, AlignmentOracle, align, refine_alignment, register, write_registration
 from envs import io
 from envs.core import Volume, euler_matrix, euler_transform, params_from_transform, rigid_fit
-from envs.data import Dataset
+from envs.data import Dataset, multimodal_lut
 from envs.phantom import PhantomConfig, deformation_modes, generate_phantom, mean_phantom, phantom_dataset
 from envs.tasks import (
     RIGID_ACTION_NAMES,
@@ -26,7 +26,6 @@ from envs.tasks import (
     StatisticalDeformationModel,
     dice_scores,
     fit_sdm_from_volumes,
-    multimodal_lut,
     phantom_sdm,
     phantom_structures,
     shape_only_config,

@@ -13,7 +13,6 @@ from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
-from numpy.typing import NDArray
 
 from agents.baselines.sitk_common import (
     PAIR,
@@ -28,7 +27,7 @@ from agents.baselines.sitk_common import (
     sampling_fractions,
     set_lbfgsb,
 )
-from envs.core import Volume
+from envs.core import Volume, field_from_transform
 
 __all__ = ["BSplineBaselineConfig", "bspline_baseline"]
 
@@ -103,19 +102,6 @@ class BSplineBaselineConfig:
             raise ValueError(f"{owner}: metric must be 'mattes' or 'meansquares', got {self.metric!r}")
         if not self.max_step_mm > 0:
             raise ValueError(f"{owner}: max_step_mm must be > 0, got {self.max_step_mm}")
-
-
-def _displacement_on_grid(transform: sitk.Transform, grid: sitk.Image) -> NDArray[np.float32]:
-    """``transform(p) - p`` at every voxel centre of ``grid``, ``(z, y, x, 3)`` LPS mm."""
-    field = sitk.TransformToDisplacementField(
-        transform,
-        sitk.sitkVectorFloat32,
-        grid.GetSize(),
-        grid.GetOrigin(),
-        grid.GetSpacing(),
-        grid.GetDirection(),
-    )
-    return sitk.GetArrayFromImage(field)
 
 
 def bspline_baseline(
@@ -207,5 +193,5 @@ def bspline_baseline(
         seconds=time.perf_counter() - start_time,
         metric_value=report.metric_value,
         method="sitk-bspline",
-        displacement_lps_mm=_displacement_on_grid(transform, fixed_image),
+        displacement_lps_mm=field_from_transform(transform, fixed_volume),
     )

@@ -21,7 +21,7 @@ from agents.experiments.data import SdmBundle, make_alignment_world
 from agents.experiments.metrics import PairOutcome, metrics_from_outcomes, sdm_dice
 from agents.experiments.validation import evaluation_offsets, rigid_scale
 from agents.search import Alignment, AlignmentOracle, QNetworkPolicy, align, refine_alignment
-from envs.core import Volume, euler_transform
+from envs.core import Volume, euler_transform, field_at_points
 from envs.data import Dataset
 from envs.tasks import UNIT, AlignmentPair, AlignmentWorld, DeformableWorld, RigidWorld
 
@@ -270,8 +270,6 @@ def evaluate_sdm(
 def _bspline_outcome(
     world: DeformableWorld, pair: AlignmentPair, fixed: Volume, labels: Volume | None
 ) -> PairOutcome:
-    from scipy import ndimage
-
     from agents.baselines import bspline_baseline
 
     began = time.perf_counter()
@@ -279,11 +277,7 @@ def _bspline_outcome(
     seconds = time.perf_counter() - began
     field = result.displacement_lps_mm
     assert field is not None
-    index = np.moveaxis(fixed.lps_to_index(pair.control_fixed_lps_mm)[..., ::-1], -1, 0)
-    displacement = np.stack(
-        [ndimage.map_coordinates(field[..., c], index, order=1, mode="nearest") for c in range(3)], axis=-1
-    )
-    mapped = pair.control_fixed_lps_mm + displacement
+    mapped = pair.control_fixed_lps_mm + field_at_points(field, fixed, pair.control_fixed_lps_mm)
     after = float(np.mean(np.linalg.norm(mapped - pair.control_moving_lps_mm, axis=1)))
     before = float(world.errors_mm(pair, np.zeros(world.n_params, np.int64))[0])
     dice = sdm_dice(world, labels, None, field) if labels is not None else None

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from agents.search.align import AlignConfig, Alignment, align, refine_alignment
 from agents.search.policies import AlignmentPolicy
 from envs import io
-from envs.core import Volume, params_from_transform
+from envs.core import Volume, field_transform, params_from_transform
 from envs.io.atomic import atomic_write_text
 from envs.tasks import UNIT, AlignmentWorld, DeformableWorld
 
@@ -118,9 +118,7 @@ def write_registration(
     fixed_image = fixed.to_sitk()
     if isinstance(answer, np.ndarray):
         written["displacement"] = io.write_displacement_field(answer, fixed, out / "displacement.nii.gz")
-        field = sitk.GetImageFromArray(answer.astype(np.float64), isVector=True)
-        field.CopyInformation(fixed_image)
-        transform: sitk.Transform = sitk.DisplacementFieldTransform(field)
+        transform: sitk.Transform = field_transform(answer, fixed)
     else:
         transform = answer
         written["transform"] = io.write_transform(transform, out / "transform.tfm")

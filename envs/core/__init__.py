@@ -19,11 +19,13 @@ from envs.core.body import (
 )
 from envs.core.fields import (
     cube_grid_lps,
+    empty_grid,
     field_at_points,
     field_from_transform,
     field_to_sitk,
     field_transform,
     sample_field,
+    strided_indices,
     voxel_centres_lps,
 )
 from envs.core.intensity import (
@@ -76,6 +78,7 @@ __all__ = [
     "control_points",
     "crop_patch",
     "cube_grid_lps",
+    "empty_grid",
     "euler_matrix",
     "euler_transform",
     "field_at_points",
@@ -95,6 +98,7 @@ __all__ = [
     "scale_to_unit_range",
     "stable_hash",
     "start_candidates",
+    "strided_indices",
     "to_uint8",
     "voxel_centres_lps",
 ]

@@ -1,8 +1,8 @@
 """Voxel-centre grids and displacement (vector) fields.
 
 A field is an array ``(z, y, x, 3)`` of LPS millimetre vectors on the voxel centres of a grid
-(a :class:`~envs.core.volume.Volume`'s geometry). Sampling is trilinear and takes the edge
-value beyond the grid.
+(a :class:`~envs.core.volume.Volume`'s geometry; :func:`empty_grid` makes one without voxel
+storage). Sampling is trilinear and takes the edge value beyond the grid.
 """
 
 from __future__ import annotations
@@ -16,20 +16,46 @@ from envs.core.volume import Volume
 
 __all__ = [
     "cube_grid_lps",
+    "empty_grid",
     "field_at_points",
     "field_from_transform",
     "field_to_sitk",
     "field_transform",
     "sample_field",
+    "strided_indices",
     "voxel_centres_lps",
 ]
 
 
-def voxel_centres_lps(grid: Volume) -> NDArray[np.float64]:
-    """LPS mm ``(z, y, x, 3)`` of every voxel centre of ``grid`` (any direction)."""
-    z, y, x = (np.arange(n, dtype=np.float64) for n in grid.shape_zyx)
-    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
-    return grid.index_to_lps(np.stack([xx, yy, zz], axis=-1))
+def empty_grid(
+    size_xyz: ArrayLike,
+    spacing_xyz_mm: ArrayLike,
+    origin_lps_mm: ArrayLike,
+    direction: ArrayLike | None = None,
+) -> Volume:
+    """A :class:`Volume` that is geometry only: ``size_xyz`` voxels (x, y, z) of ``spacing_xyz_mm``
+    whose voxel ``(0, 0, 0)`` centre is at ``origin_lps_mm``; the voxels are a zero-stride uint8
+    0 (no memory). ``direction`` defaults to the identity."""
+    nx, ny, nz = (int(n) for n in np.asarray(size_xyz))
+    voxels = np.broadcast_to(np.zeros((), np.uint8), (nz, ny, nx))
+    return Volume(voxels, spacing_xyz_mm, origin_lps_mm, np.eye(3) if direction is None else direction)
+
+
+def strided_indices(size: int, step: int) -> NDArray[np.int64]:
+    """``0, step, 2 step, ...`` below ``size``, with ``size - 1`` appended when the stride misses it."""
+    indices = np.arange(0, size, step)
+    return indices if indices[-1] == size - 1 else np.append(indices, size - 1)
+
+
+def voxel_centres_lps(grid: Volume, step: int = 1) -> NDArray[np.float64]:
+    """LPS mm ``(z, y, x, 3)`` of the voxel centres of ``grid`` (any direction).
+
+    With ``step > 1``, of every ``step``-th voxel per axis, the last voxel always included
+    (:func:`strided_indices`).
+    """
+    indices = [strided_indices(n, step) for n in grid.size_xyz]
+    kk, jj, ii = np.meshgrid(indices[2], indices[1], indices[0], indexing="ij")
+    return grid.index_to_lps(np.stack([ii, jj, kk], axis=-1).astype(np.float64))
 
 
 def cube_grid_lps(origin_lps_mm: ArrayLike, size_vox: int, spacing_mm: float) -> NDArray[np.float64]:

@@ -5,14 +5,22 @@
 - ``splits.py``    split names, phantom split seed offsets and case ids
 - ``cache.py``     ByteLRUCache, nbytes_of
 - ``dataset.py``   Dataset: cases with splits, a cached loader; phantoms via a passed-in loader
-- ``augment.py``   training-time augmentation: rigid/affine + elastic warps, intensity changes
+- ``augment.py``   training-time augmentation: landmark variants (affine + elastic warps, gamma,
+                   bias, noise) and registration variants (contrast LUT, noise, partial field of view)
 """
 
 from envs.data.augment import (
+    CONTRASTS,
     AugmentConfig,
     augmented_pyramid,
+    crop_slab,
+    draw_slab,
+    foreground_noise,
     invert_point,
+    is_multimodal,
+    multimodal_lut,
     random_transform,
+    varied_pyramid,
 )
 from envs.data.cache import ByteLRUCache, nbytes_of
 from envs.data.case import MODALITIES, Case, Subject
@@ -21,6 +29,7 @@ from envs.data.manifest import read_manifest
 from envs.data.splits import SPLIT_SEED_OFFSETS, SPLITS, phantom_cases
 
 __all__ = [
+    "CONTRASTS",
     "MODALITIES",
     "SPLITS",
     "SPLIT_SEED_OFFSETS",
@@ -31,9 +40,15 @@ __all__ = [
     "PhantomLoader",
     "Subject",
     "augmented_pyramid",
+    "crop_slab",
+    "draw_slab",
+    "foreground_noise",
     "invert_point",
+    "is_multimodal",
+    "multimodal_lut",
     "nbytes_of",
     "phantom_cases",
     "random_transform",
     "read_manifest",
+    "varied_pyramid",
 ]

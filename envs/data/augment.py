@@ -1,10 +1,19 @@
 """Training-time augmentation: random rigid/affine + elastic warps and intensity changes.
 
 An augmentation is a *variant* of a subject: a deterministic function of (subject, seed), so a
-replay buffer that stores only poses can rebuild any observation later. The spatial part is
-one SimpleITK transform ``T`` that maps a point of the augmented image to the original
-image (``augmented(p) = original(T(p))``, SimpleITK's resampling convention); landmarks move
-with the image through the exact inverse of ``T``.
+replay buffer that stores only poses can rebuild any observation later. Two recipes draw from
+the pieces here:
+
+* :func:`augmented_pyramid` (landmark tasks): one SimpleITK transform ``T`` that maps a point
+  of the augmented image to the original image (``augmented(p) = original(T(p))``, SimpleITK's
+  resampling convention; landmarks move with the image through the exact inverse of ``T``),
+  then a gamma curve, a smooth bias field and noise.
+* :func:`varied_pyramid` (registration tasks, on the moving side of a pair): a change of
+  contrast (:func:`multimodal_lut`, chosen per variant by :func:`is_multimodal`), noise on the
+  foreground (:func:`foreground_noise`) and a partial field of view (:func:`draw_slab`,
+  :func:`crop_slab`); geometry untouched.
+
+Intensities are uint8 (0 = outside the field of view, never tissue).
 """
 
 from __future__ import annotations
@@ -16,14 +25,23 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from scipy.spatial.transform import Rotation
 
-from envs.core import IntensityPreset, Pyramid, Volume, build_pyramid
+from envs.core import IntensityPreset, Pyramid, Volume, build_pyramid, empty_grid, field_transform
 
 __all__ = [
+    "CONTRASTS",
     "AugmentConfig",
     "augmented_pyramid",
+    "crop_slab",
+    "draw_slab",
+    "foreground_noise",
     "invert_point",
+    "is_multimodal",
+    "multimodal_lut",
     "random_transform",
+    "varied_pyramid",
 ]
+
+CONTRASTS = ("same", "multimodal", "mixed")
 
 
 @dataclass(frozen=True)
@@ -84,10 +102,7 @@ def random_transform(volume: Volume, config: AugmentConfig, rng: np.random.Gener
     margin = 2 * config.elastic_grid_mm
     size = np.ceil((upper - lower + 2 * margin) / config.elastic_grid_mm).astype(int) + 1
     field = rng.normal(0.0, config.elastic_mm, size=(*size[::-1], 3))
-    image = sitk.GetImageFromArray(field, isVector=True)  # array (z, y, x, 3) -> image size (x, y, z)
-    image.SetSpacing([config.elastic_grid_mm] * 3)
-    image.SetOrigin((lower - margin).tolist())
-    elastic = sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
+    elastic = field_transform(field, empty_grid(size, [config.elastic_grid_mm] * 3, lower - margin))
     # CompositeTransform([a, b]) maps p -> a(b(p)): warp elastically first, then the affine.
     return sitk.CompositeTransform([affine, elastic])
 
@@ -160,3 +175,101 @@ def _bias_field(level: Volume, coefficients: NDArray) -> NDArray[np.float32]:
     field = 1.0 + coefficients[0] * z + coefficients[1] * y + coefficients[2] * x
     field = field + coefficients[3] * (x**2 + y**2 - 0.5)
     return np.clip(field, 0.5, 1.5).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- registration variants
+def is_multimodal(contrast: str, variant: int) -> bool:
+    """Whether ``variant`` is re-contrasted under the ``contrast`` setting (one of ``CONTRASTS``):
+    always for ``"multimodal"``, odd variants for ``"mixed"``, never for ``"same"``."""
+    return contrast == "multimodal" or (contrast == "mixed" and variant % 2 == 1)
+
+
+def multimodal_lut(rng: np.random.Generator | None = None, jitter: float = 0.0) -> NDArray[np.uint8]:
+    """A non-monotonic uint8 -> uint8 intensity map that makes CT levels look like another modality.
+
+    On the ``ct`` preset's scale (-1000..1000 HU -> 0..255): air and lung stay dark, fat
+    becomes the brightest tissue, water-like soft tissue mid-grey, contrast-filled blood
+    bright and bone dark (a T1-weighted-MR-like ordering). ``jitter`` (0..1) moves each
+    control value by up to that fraction of 255 at random, so no two variants share a map.
+    Level 0 stays 0: "outside the field of view" never becomes tissue.
+    """
+    # (input level, output level): -1000 HU 0, lung -850 19, fat -100 115, water 0 128,
+    # soft tissue 40-60 133-135, blood 170 150, cancellous bone 250 160, cortical 700 217.
+    xs = np.array([0, 10, 40, 100, 115, 122, 128, 136, 150, 165, 200, 255], dtype=np.float64)
+    ys = np.array([0, 8, 25, 200, 235, 170, 110, 125, 190, 70, 30, 15], dtype=np.float64)
+    if rng is not None and jitter > 0:
+        ys[1:] = np.clip(ys[1:] + rng.uniform(-1, 1, len(ys) - 1) * 255 * jitter, 1, 255)
+    lut = np.rint(np.interp(np.arange(256), xs, ys)).astype(np.uint8)
+    lut[0] = 0
+    return lut
+
+
+def draw_slab(rng: np.random.Generator, keep: tuple[float, float] = (0.4, 0.7)) -> tuple[float, float]:
+    """A random slab ``(start, fraction)`` of an axis: ``fraction`` uniform in ``keep``, then
+    ``start`` uniform in ``[0, 1 - fraction]`` (both fractions of the axis length)."""
+    fraction = rng.uniform(*keep)
+    start = rng.uniform(0.0, 1.0 - fraction)
+    return start, fraction
+
+
+def crop_slab(voxels: NDArray, start: float, fraction: float) -> NDArray:
+    """A copy of ``voxels`` ``(z, y, x)`` that is 0 outside the slab ``start .. start + fraction``
+    of the z axis (fractions of its length, indices truncated)."""
+    depth = voxels.shape[0]
+    z0, z1 = int(start * depth), int((start + fraction) * depth)
+    cropped = voxels.copy()
+    cropped[:z0] = 0
+    cropped[z1:] = 0
+    return cropped
+
+
+def foreground_noise(
+    voxels: NDArray, foreground: NDArray[np.bool_], rng: np.random.Generator, std: float
+) -> NDArray[np.float64]:
+    """``voxels`` plus Gaussian noise of ``std`` (intensity units), clipped to 1..255 on
+    ``foreground`` and 0 elsewhere (float64; the caller casts)."""
+    noise = rng.normal(0.0, std, voxels.shape)
+    return np.where(foreground, np.clip(voxels + noise, 1, 255), 0)
+
+
+def varied_pyramid(
+    pyramid: Pyramid,
+    rng: np.random.Generator,
+    *,
+    multimodal: bool,
+    perturbed: bool,
+    partial_fov: float,
+    jitter: float = 0.08,
+    noise_std: float = 4.0,
+) -> Pyramid:
+    """A re-contrasted, noisy and/or cropped copy of a uint8 ``pyramid`` (same geometry).
+
+    Args:
+        pyramid: the levels to vary (uint8, 0 outside the field of view).
+        rng: the variant's generator. Draws, in order: the LUT's jitter (``multimodal`` and
+            ``perturbed``), the crop's coin (``perturbed``), the slab and the noise seed (always).
+        multimodal: remap by :func:`multimodal_lut`, jittered by ``jitter`` when ``perturbed``.
+        perturbed: add :func:`foreground_noise` of ``noise_std`` (uint8 units) to every level,
+            and with probability ``partial_fov`` keep only a 40-70 % slab along z
+            (:func:`draw_slab`, :func:`crop_slab`).
+
+    Returns:
+        A new :class:`Pyramid` on the same grids, or ``pyramid`` itself when nothing applies.
+    """
+    lut = multimodal_lut(rng, jitter=jitter if perturbed else 0.0) if multimodal else None
+    crop = perturbed and rng.random() < partial_fov
+    start, fraction = draw_slab(rng)
+    noise_seed = int(rng.integers(2**31))
+    if lut is None and not crop and not perturbed:
+        return pyramid
+    levels = []
+    for index, level in enumerate(pyramid.levels):
+        voxels = level.voxels if lut is None else lut[level.voxels]
+        if perturbed:
+            noise_rng = np.random.default_rng(noise_seed + index)
+            voxels = foreground_noise(voxels, level.voxels > 0, noise_rng, noise_std)
+        voxels = np.asarray(voxels, dtype=np.uint8)
+        if crop:
+            voxels = crop_slab(voxels, start, fraction)
+        levels.append(level.with_voxels(voxels))
+    return Pyramid(tuple(levels), pyramid.spacings_mm)

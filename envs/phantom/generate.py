@@ -38,13 +38,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from envs.core import Volume
+from envs.core import Volume, voxel_centres_lps
 from envs.phantom.anatomy import TISSUES, template_landmarks
 from envs.phantom.modes import MODE_STD_MM, evaluate_field, mode_grid
 from envs.phantom.sampling import (
     SubjectMapping,
     crop_z,
-    grid_points,
     output_grid,
     random_direction,
     render_subject,
@@ -166,7 +165,7 @@ def deformation_modes(
     """
     fields, origin, spacing = mode_grid()
     grid = output_grid(config.spacing_mm)
-    points = grid_points(grid)
+    points = voxel_centres_lps(grid)
     modes = (
         np.stack(
             [

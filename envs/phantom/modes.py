@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from envs.core import sample_field
 from envs.phantom.anatomy import FOV_CENTER_LPS_MM, FOV_MM, TEMPLATE_LOWER_MM, TEMPLATE_UPPER_MM
 
 # Deformation-mode RMS magnitudes (mm) and control-point spacings (mm): coarse modes move
@@ -85,7 +86,7 @@ def mode_grid() -> tuple[NDArray[np.float32], NDArray[np.float64], float]:
 def evaluate_field(field: NDArray, origin: NDArray, spacing: float, points_lps_mm: NDArray) -> NDArray:
     """Trilinear value of a ``(3, z, y, x)`` field at points ``(..., 3)`` (LPS mm) -> ``(..., 3)``."""
     shape = points_lps_mm.shape[:-1]
+    # Index by division, not envs.core.field_at_points' matrix product: that differs in the last
+    # bit, and phantoms must stay bit-identical for a given seed.
     index_xyz = (points_lps_mm.reshape(-1, 3) - origin) / spacing
-    coords = index_xyz[:, ::-1].T
-    values = [ndimage.map_coordinates(component, coords, order=1, mode="nearest") for component in field]
-    return np.stack(values, axis=-1).reshape(*shape, 3)
+    return sample_field(np.moveaxis(field, 0, -1), index_xyz[:, ::-1].T).reshape(*shape, 3)

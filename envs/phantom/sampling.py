@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from envs.core import Volume
+from envs.core import Volume, empty_grid, strided_indices, voxel_centres_lps
 from envs.phantom.anatomy import FOV_CENTER_LPS_MM, FOV_MM, HU, TISSUES, unit_vector
 from envs.phantom.modes import evaluate_field
 from envs.phantom.template import painted_template
@@ -25,20 +25,7 @@ def output_grid(spacing_mm: float, direction: NDArray | None = None) -> Volume:
     size_xyz = np.maximum(1, np.round(FOV_MM / spacing_mm)).astype(int)
     direction = np.eye(3) if direction is None else direction
     origin = FOV_CENTER_LPS_MM - direction @ (spacing_mm * (size_xyz - 1) / 2.0)
-    voxels = np.broadcast_to(np.zeros((), np.uint8), (size_xyz[2], size_xyz[1], size_xyz[0]))
-    return Volume(voxels, (spacing_mm,) * 3, origin, direction)
-
-
-def grid_points(grid: Volume, step: int = 1) -> NDArray[np.float64]:
-    """LPS mm of the voxel centres ``(z, y, x, 3)`` (every ``step``-th voxel, last one included)."""
-    indices = [_strided_indices(n, step) for n in grid.size_xyz]
-    kk, jj, ii = np.meshgrid(indices[2], indices[1], indices[0], indexing="ij")
-    return grid.index_to_lps(np.stack([ii, jj, kk], axis=-1).astype(np.float64))
-
-
-def _strided_indices(size: int, step: int) -> NDArray[np.int64]:
-    indices = np.arange(0, size, step)
-    return indices if indices[-1] == size - 1 else np.append(indices, size - 1)
+    return empty_grid(size_xyz, (spacing_mm,) * 3, origin, direction)
 
 
 def _linear_weights(size: int, nodes: NDArray) -> NDArray[np.float64]:
@@ -57,10 +44,12 @@ def _linear_weights(size: int, nodes: NDArray) -> NDArray[np.float64]:
 
 def _upsample(coarse: NDArray, grid: Volume, step: int) -> NDArray[np.float32]:
     """Separable linear upsampling of ``(cz, cy, cx, 3)`` values to the full grid ``(z, y, x, 3)``."""
+    # Not envs.core.sample_field: map_coordinates rounds differently from these matrix products,
+    # and phantoms must stay bit-identical for a given seed.
     nx, ny, nz = grid.size_xyz
-    wx = _linear_weights(nx, _strided_indices(nx, step))
-    wy = _linear_weights(ny, _strided_indices(ny, step))
-    wz = _linear_weights(nz, _strided_indices(nz, step))
+    wx = _linear_weights(nx, strided_indices(nx, step))
+    wy = _linear_weights(ny, strided_indices(ny, step))
+    wz = _linear_weights(nz, strided_indices(nz, step))
     # Matrix products along one axis at a time: BLAS does the work, no full-size index arrays.
     values = np.einsum("xc,zycv->zyxv", wx, coarse, optimize=True)
     values = np.einsum("yc,zcxv->zyxv", wy, values, optimize=True)
@@ -158,11 +147,11 @@ def render_subject(
     # The mapping is smooth (affine + splines on >= 70 mm lattices): computing it on every
     # 4th voxel and interpolating linearly is exact to a few hundredths of a mm.
     step = 4
-    coarse_points = grid_points(grid, step)
+    coarse_points = voxel_centres_lps(grid, step)
     coarse_displacement = mapping.to_mean(coarse_points) - coarse_points
     displacement = _upsample(coarse_displacement, grid, step)
 
-    mean_points = grid_points(grid) + displacement  # (z, y, x, 3) LPS mm in the template
+    mean_points = voxel_centres_lps(grid) + displacement  # (z, y, x, 3) LPS mm in the template
     template_index = (mean_points - template_origin) / template_spacing  # x, y, z
     coords = np.moveaxis(template_index[..., ::-1], -1, 0)
     del mean_points, template_index
@@ -206,5 +195,4 @@ def crop_z(grid: Volume, rng: np.random.Generator) -> Volume:
     keep = max(1, round(nz * rng.uniform(0.35, 0.7)))
     start = int(rng.integers(0, nz - keep + 1))
     origin = grid.index_to_lps([0.0, 0.0, float(start)])
-    voxels = np.broadcast_to(np.zeros((), np.uint8), (keep, ny, nx))
-    return Volume(voxels, grid.spacing_xyz_mm, origin, grid.direction)
+    return empty_grid((nx, ny, keep), grid.spacing_xyz_mm, origin, grid.direction)

@@ -4,7 +4,8 @@
   reset-option parsing, level choice, pose packing, the oscillation tracker.
 * ``landmark`` / ``landmark_env``: :class:`LandmarkWorld` / :class:`LandmarkEnv`.
 * ``alignment``: pair, world and episode logic shared by rigid and SDM registration.
-* ``rigid``: :class:`RigidWorld`, :class:`RigidRegistrationEnv`, contrast changes.
+* ``rigid``: :class:`RigidWorld`, :class:`RigidRegistrationEnv` (the moving volume's contrast,
+  noise and field-of-view variants come from :mod:`envs.data.augment`).
 * ``sdm_model`` / ``sdm``: the statistical deformation model and its fits /
   :class:`DeformableWorld`, :class:`DeformableRegistrationEnv`.
 """
@@ -41,12 +42,10 @@ from envs.tasks.landmark_env import (
     LandmarkEnv,
 )
 from envs.tasks.rigid import (
-    CONTRASTS,
     RIGID_ACTION_NAMES,
     RIGID_PARAM_NAMES,
     RigidRegistrationEnv,
     RigidWorld,
-    multimodal_lut,
 )
 from envs.tasks.sdm import (
     DeformableRegistrationEnv,
@@ -67,7 +66,6 @@ from envs.tasks.sdm_model import (
 __all__ = [
     "ACTIONS_ZYX",
     "ACTION_NAMES",
-    "CONTRASTS",
     "DICE_STRUCTURES",
     "OSCILLATION_WINDOW",
     "RENDER_MODES",
@@ -97,7 +95,6 @@ __all__ = [
     "check_schedule",
     "dice_scores",
     "fit_sdm_from_volumes",
-    "multimodal_lut",
     "pack_pose",
     "phantom_sdm",
     "phantom_structures",

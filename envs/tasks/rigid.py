@@ -1,8 +1,9 @@
-"""Rigid registration (Liao et al., AAAI 2017): the rigid world, its env, and contrast changes.
+"""Rigid registration (Liao et al., AAAI 2017): the rigid world and its env.
 
 12 actions of +-translation (mm) and +-rotation (degrees) about each LPS axis through the
 body centre; conventions (transform direction, TRE, integer parameters) are those of
-:mod:`envs.tasks.alignment`. The rigid maths is :mod:`envs.core.rigid`'s.
+:mod:`envs.tasks.alignment`. The rigid maths is :mod:`envs.core.rigid`'s; the contrast, noise
+and field-of-view changes of the moving volume are :mod:`envs.data.augment`'s.
 """
 
 from __future__ import annotations
@@ -27,45 +28,22 @@ from envs.core import (
     rigid_fit,
     stable_hash,
 )
-from envs.data import Dataset, Subject
+from envs.data import CONTRASTS, Dataset, Subject, is_multimodal, varied_pyramid
 from envs.phantom import phantom_dataset
 from envs.tasks.alignment import UNIT, AlignmentEnv, AlignmentPair, AlignmentWorld
 from envs.tasks.base import resolve_dataset
 
 __all__ = [
-    "CONTRASTS",
     "RIGID_ACTION_NAMES",
     "RIGID_PARAM_NAMES",
     "RigidRegistrationEnv",
     "RigidWorld",
-    "multimodal_lut",
 ]
 
-CONTRASTS = ("same", "multimodal", "mixed")
 RIGID_PARAM_NAMES = ("tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg")
 RIGID_ACTION_NAMES: tuple[str, ...] = tuple(
     f"{sign}{name}" for name in ("tx", "ty", "tz", "rx", "ry", "rz") for sign in ("+", "-")
 )
-
-
-def multimodal_lut(rng: np.random.Generator | None = None, jitter: float = 0.0) -> NDArray[np.uint8]:
-    """A non-monotonic uint8 -> uint8 intensity map that makes CT levels look like another modality.
-
-    On the ``ct`` preset's scale (-1000..1000 HU -> 0..255): air and lung stay dark, fat
-    becomes the brightest tissue, water-like soft tissue mid-grey, contrast-filled blood
-    bright and bone dark (a T1-weighted-MR-like ordering). ``jitter`` (0..1) moves each
-    control value by up to that fraction of 255 at random, so no two variants share a map.
-    Level 0 stays 0: "outside the field of view" never becomes tissue.
-    """
-    # (input level, output level): -1000 HU 0, lung -850 19, fat -100 115, water 0 128,
-    # soft tissue 40-60 133-135, blood 170 150, cancellous bone 250 160, cortical 700 217.
-    xs = np.array([0, 10, 40, 100, 115, 122, 128, 136, 150, 165, 200, 255], dtype=np.float64)
-    ys = np.array([0, 8, 25, 200, 235, 170, 110, 125, 190, 70, 30, 15], dtype=np.float64)
-    if rng is not None and jitter > 0:
-        ys[1:] = np.clip(ys[1:] + rng.uniform(-1, 1, len(ys) - 1) * 255 * jitter, 1, 255)
-    lut = np.rint(np.interp(np.arange(256), xs, ys)).astype(np.uint8)
-    lut[0] = 0
-    return lut
 
 
 class RigidWorld(AlignmentWorld):
@@ -79,8 +57,9 @@ class RigidWorld(AlignmentWorld):
         misalignment_mm, misalignment_deg: range (uniform, per parameter) of the initial
             misalignment drawn at the coarsest level.
         preset: intensity preset, ``None`` to pick it from each case's modality.
-        contrast: ``"same"``, ``"multimodal"`` (moving re-contrasted by :func:`multimodal_lut`)
-            or ``"mixed"`` (each variant one or the other).
+        contrast: ``"same"``, ``"multimodal"`` (moving re-contrasted by
+            :func:`envs.data.multimodal_lut`) or ``"mixed"`` (odd variants re-contrasted); the
+            moving side of a variant is :func:`envs.data.varied_pyramid`'s.
         partial_fov: probability that a variant's moving volume keeps only a 40-70 % slab.
         pairing: ``"self"`` (each case with a moved copy of itself; ground truth exact) or
             ``"landmarks"`` (each case with the next case of its split; ground truth from their
@@ -217,29 +196,13 @@ class RigidWorld(AlignmentWorld):
 
     def _vary(self, moving: Pyramid, variant: int, rng: np.random.Generator) -> Pyramid:
         """Contrast, noise and field of view of the moving volume (deterministic per variant)."""
-        multimodal = self.contrast == "multimodal" or (self.contrast == "mixed" and variant % 2 == 1)
-        lut = multimodal_lut(rng, jitter=0.08 if variant > 0 else 0.0) if multimodal else None
-        crop = variant > 0 and rng.random() < self.partial_fov
-        keep = rng.uniform(0.4, 0.7)
-        start = rng.uniform(0.0, 1.0 - keep)
-        noise_seed = int(rng.integers(2**31))
-        if lut is None and not crop and variant == 0:
-            return moving
-        levels = []
-        for index, level in enumerate(moving.levels):
-            voxels = level.voxels if lut is None else lut[level.voxels]
-            if variant > 0:
-                noise = np.random.default_rng(noise_seed + index).normal(0.0, 4.0, voxels.shape)
-                voxels = np.where(level.voxels > 0, np.clip(voxels + noise, 1, 255), 0)
-            voxels = np.asarray(voxels, dtype=np.uint8)
-            if crop:
-                depth = voxels.shape[0]
-                z0, z1 = int(start * depth), int((start + keep) * depth)
-                voxels = voxels.copy()
-                voxels[:z0] = 0
-                voxels[z1:] = 0
-            levels.append(level.with_voxels(voxels))
-        return Pyramid(tuple(levels), moving.spacings_mm)
+        return varied_pyramid(
+            moving,
+            rng,
+            multimodal=is_multimodal(self.contrast, variant),
+            perturbed=variant > 0,
+            partial_fov=self.partial_fov,
+        )
 
     # ------------------------------------------------------------------ rendering and errors
     def render_moving(self, pair: AlignmentPair, level: int, params: NDArray[np.int64]) -> NDArray[np.uint8]:
