@@ -20,6 +20,7 @@ registration).
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import yaml
@@ -50,42 +51,75 @@ def read_manifest(path: str | Path) -> list[Case]:
         rows = _read_yaml_manifest(manifest)
     else:
         raise ValueError(f"manifest {manifest}: expected a .csv, .yaml or .yml file, got {suffix!r}")
-    return [_case_from_row(manifest, where, row) for where, row in rows]
+    cases: list[Case] = []
+    first_at: dict[str, str] = {}
+    for where, row in rows:
+        case = _case_from_row(manifest, where, row)
+        if case.case_id in first_at:
+            raise ValueError(
+                f"manifest {manifest}, {where}: case_id {case.case_id!r} appears twice (first at "
+                f"{first_at[case.case_id]}); make ids unique"
+            )
+        first_at[case.case_id] = where
+        cases.append(case)
+    return cases
+
+
+def _read_text(manifest: Path, encoding: str) -> str:
+    """The manifest's text, newlines as in the file; ``ValueError`` naming the file if not UTF-8."""
+    try:
+        return manifest.read_bytes().decode(encoding)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"manifest {manifest}: not a UTF-8 text file ({error.reason} at byte {error.start}); expected "
+            "a CSV or YAML manifest. Save it as UTF-8 text"
+        ) from None
 
 
 def _read_csv_manifest(manifest: Path) -> list[tuple[str, dict[str, str]]]:
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        numbered = [
-            (number, line)
-            for number, line in enumerate(handle, start=1)
-            if line.strip() and not line.lstrip().startswith("#")
-        ]
+    numbered = [
+        (number, line)
+        for number, line in enumerate(io.StringIO(_read_text(manifest, "utf-8-sig"), newline=""), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     # Physical line numbers, so that messages point at the line the user sees in an editor.
     line_numbers = [number for number, _ in numbered]
-    reader = csv.DictReader([line for _, line in numbered])
-    if reader.fieldnames is None:
+    try:
+        records = list(csv.reader([line for _, line in numbered]))
+    except csv.Error as error:
+        raise ValueError(
+            f"manifest {manifest}: unreadable CSV ({error}); expected comma-separated text. Fix the file"
+        ) from None
+    if not records:
         raise ValueError(
             f"manifest {manifest}: empty file; expected a header row {','.join(_MANIFEST_COLUMNS)}"
         )
-    header = [name.strip().lower() for name in reader.fieldnames]
+    header = [name.strip().lower() for name in records[0]]
     _check_columns(manifest, header)
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"manifest {manifest}: header repeats column(s) {repeated}; expected each once")
     rows = []
-    for index, raw in enumerate(reader, start=1):
+    for index, record in enumerate(records[1:], start=1):
         number = line_numbers[index] if index < len(line_numbers) else index + 1
-        if None in raw:
+        if len(record) > len(header):
             raise ValueError(
                 f"manifest {manifest}, line {number}: more values than the {len(header)} header columns"
             )
-        row = {key.strip().lower(): (value or "").strip() for key, value in raw.items()}
-        rows.append((f"line {number}", row))
+        values = [value.strip() for value in record] + [""] * (len(header) - len(record))
+        rows.append((f"line {number}", dict(zip(header, values, strict=True))))
     return rows
 
 
 def _read_yaml_manifest(manifest: Path) -> list[tuple[str, dict[str, str]]]:
+    text = _read_text(manifest, "utf-8")
     try:
-        document = yaml.safe_load(manifest.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ValueError(f"manifest {manifest}: not valid YAML ({error})") from None
+        document = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, OverflowError) as error:  # constructors: e.g. 2019-21-01
+        reason = " ".join(str(error).split())
+        raise ValueError(f"manifest {manifest}: not valid YAML ({reason})") from None
+    except RecursionError:
+        raise ValueError(f"manifest {manifest}: YAML nested too deeply; expected a list of cases") from None
     entries = document.get("cases") if isinstance(document, dict) else document
     if not isinstance(entries, list):
         raise ValueError(
@@ -95,10 +129,18 @@ def _read_yaml_manifest(manifest: Path) -> list[tuple[str, dict[str, str]]]:
     rows = []
     for number, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict):
-            raise ValueError(f"manifest {manifest}, case {number}: expected a mapping, got {entry!r}")
+            raise ValueError(
+                f"manifest {manifest}, case {number}: expected a mapping of column: value, got "
+                f"{type(entry).__name__}"
+            )
+        for key, value in entry.items():
+            if not isinstance(key, str) or isinstance(value, (list, dict, set)):
+                raise ValueError(
+                    f"manifest {manifest}, case {number}: expected text keys and single values, got "
+                    f"{type(key).__name__} key {str(key)[:40]!r} with a {type(value).__name__} value"
+                )
         row = {
-            str(key).strip().lower(): "" if value is None else str(value).strip()
-            for key, value in entry.items()
+            key.strip().lower(): "" if value is None else str(value).strip() for key, value in entry.items()
         }
         _check_columns(manifest, list(row), where=f", case {number}")
         rows.append((f"case {number}", row))
@@ -118,10 +160,17 @@ def _check_columns(manifest: Path, columns: list[str], where: str = "") -> None:
 
 
 def _resolve(manifest: Path, where: str, column: str, value: str) -> Path:
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = manifest.parent / path
-    if not path.exists():
+    try:
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = manifest.parent / path
+        exists = path.exists()
+    except (OSError, ValueError, RuntimeError) as error:  # NUL byte, name too long, unknown ~user
+        raise ValueError(
+            f"manifest {manifest}, {where}: {column} {value[:80]!r} is not a usable path ({error}); "
+            "expected a file path relative to the manifest's folder"
+        ) from None
+    if not exists:
         raise FileNotFoundError(
             f"manifest {manifest}, {where}: {column} {value!r} not found (looked at {path}); "
             "paths are relative to the manifest's folder"

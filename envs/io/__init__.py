@@ -8,13 +8,15 @@ file, what was expected, what came and how to fix it. Every write is atomic.
 Modules:
     volumes     ``read_volume`` (NIfTI-1, NRRD, MetaImage, a DICOM series folder),
                 ``write_volume``, ``write_displacement_field``
-    headers     refusals of the headers SimpleITK would silently repair (spacing, truncation)
+    headers     refusals of the headers SimpleITK would misread or silently repair (NIfTI)
+    text_headers  the same for NRRD and MetaImage text headers
+    nifti       NIfTI datatype codes and the raw scan for NaN/inf voxels (ITK reads them as 0)
     landmarks   ``read_landmarks`` / ``write_landmarks`` by suffix; the CSV dialects
     slicer      3D Slicer ``.fcsv`` and ``.mrk.json``
     points      coordinate systems and the RAS <-> LPS flip (here and nowhere else)
     transforms  ``read_transform`` / ``write_transform`` (ITK transform files)
     atomic      THE atomic writer every file write in medgym goes through
-    common      suffix, file and ITK-error helpers shared by these modules
+    common      suffix, file, memory and ITK-error helpers shared by these modules
 
 Example:
     >>> import shutil, tempfile

@@ -1,18 +1,22 @@
-"""Header refusals: the volume headers that SimpleITK would silently repair.
+"""Header refusals: the volume headers that SimpleITK would misread or silently repair.
 
-ITK (5.4) *invents* geometry for some broken headers, so :func:`check_header` reads the
-header itself before ITK is trusted with the file:
+ITK (5.4) *invents* geometry or intensities for some broken headers, so :func:`check_header`
+reads the header itself before ITK is trusted with the file. NRRD and MetaImage headers are
+checked in :mod:`envs.io.text_headers`; NIfTI-1 here (the 348-byte header is parsed directly,
+no nibabel needed):
 
-* NIfTI ``pixdim[1..3]`` of 0 or NaN becomes 1 mm and a negative one becomes its absolute
-  value with the axis flipped; the 348-byte header is parsed here (no nibabel needed) and such
-  files are refused. NIfTI-2 is refused with a hint to convert it: ITK 5.4 cannot read it.
-* A NIfTI whose voxel data are cut short (truncated download) is read by ITK without any
-  error, the missing part filled with zeros; the (decompressed) file size is compared with
-  what the header promises.
-* NRRD ``spacings:`` and MetaImage ``ElementSpacing`` that are negative are turned into flipped
-  axes, and NaN NRRD spacings into 1 mm; they are refused (a flip belongs in
-  ``space directions`` / ``TransformMatrix``). Zero spacings make ITK fail with a cryptic
-  message; the error here says which field is wrong instead.
+* Refused because ITK repairs or misreads them silently: ``pixdim[1..3]`` of 0 or NaN (read as
+  1 mm) or negative (read as its absolute value, the axis flipped); a magic other than ``n+1``
+  (read as Analyze 7.5 without orientation; ``ni1`` means a separate .img file); unknown
+  ``qform_code``/``sform_code`` or spatial units (dropped); NaN in the transform that applies;
+  a non-unit quaternion (renormalised); a ``vox_offset`` below 352 or fractional; a ``bitpix``
+  that disagrees with ``datatype``; a ``scl_slope``/``scl_inter`` pair that ITK and the
+  standard read differently. Complex, RGB and unknown datatypes are refused with the list of
+  real ones, NIfTI-2 with a hint to convert it (ITK 5.4 cannot read it).
+* Voxel data cut short (truncated download) are read by ITK without an error, the missing part
+  filled with zeros; the (decompressed) size is compared with what the header promises.
+* NaN/inf float voxels are read by ITK as 0; :mod:`envs.io.nifti` counts them in the raw data.
+* Dimensions that need more memory than is available are refused before anything is allocated.
 
 Every refusal is a :class:`ValueError` naming the file, the field, what was expected and how
 to fix it.
@@ -23,12 +27,24 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import re
 import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
+
+from envs.io.common import require_memory
+from envs.io.nifti import NIFTI_DATATYPES, count_non_finite
+from envs.io.text_headers import check_metaimage_header, check_nrrd_header
+
 __all__ = ["check_header"]
+
+# NIfTI-1 xform codes: unknown, scanner, aligned, Talairach, MNI (and template, NIfTI 2019).
+_MAX_XFORM_CODE = 5
+# ITK drops a NIfTI scl_slope below double epsilon (and its intercept) as if it were 0.
+_ITK_EPSILON = 2.220446049250313e-16
+# float32 rounding of a unit quaternion's (b, c, d) stays far below this.
+_QUATERN_TOLERANCE = 1e-3
 
 
 def check_header(path: Path, suffix: str) -> None:
@@ -45,9 +61,9 @@ def check_header(path: Path, suffix: str) -> None:
     if suffix in (".nii", ".nii.gz"):
         _check_nifti_header(path)
     elif suffix in (".nrrd", ".nhdr"):
-        _check_nrrd_header(path)
+        check_nrrd_header(path)
     else:
-        _check_metaimage_header(path)
+        check_metaimage_header(path)
 
 
 # ====================================================================== NIfTI
@@ -87,7 +103,7 @@ def _decompressed_size_at_least(path: Path, expected: int) -> int:
 
 
 def _check_nifti_header(path: Path) -> None:
-    """Refuse NIfTI files whose spacing or length ITK would silently repair (see module doc)."""
+    """Refuse NIfTI files that ITK would misread or silently repair (see module doc)."""
     head, compressed = _read_head(path, 348)
     if len(head) < 348:
         raise ValueError(
@@ -112,14 +128,30 @@ def _check_nifti_header(path: Path) -> None:
             f"{path}: NIfTI-2 file; expected NIfTI-1: SimpleITK (ITK 5.4) cannot read NIfTI-2. Convert it, "
             "e.g. nibabel.save(nibabel.Nifti1Image(img.dataobj, img.affine, img.header), 'out.nii.gz')"
         )
+    magic = head[344:348]
+    if magic == b"ni1\0":
+        raise ValueError(
+            f"{path}: header-only NIfTI (magic 'ni1', voxels in a separate .img file); expected a "
+            "single-file NIfTI (magic 'n+1'). Convert the .hdr/.img pair, e.g. nibabel.save(nibabel.load("
+            "'x.hdr'), 'x.nii.gz')"
+        )
+    if magic != b"n+1\0":
+        raise ValueError(
+            f"{path}: not a NIfTI-1 file (magic {magic!r}, expected b'n+1\\x00'); ITK would read it as "
+            "an Analyze 7.5 file and drop its orientation. Convert it to NIfTI-1 (e.g. with nibabel)"
+        )
     dims = struct.unpack(endian + "8h", head[40:56])
-    bitpix = struct.unpack(endian + "h", head[72:74])[0]
+    datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
     pixdim = struct.unpack(endian + "8f", head[76:108])
-    data_offset = int(struct.unpack(endian + "f", head[108:112])[0])
-    single_file = head[344:347] == b"n+1"
+    vox_offset, slope, intercept = struct.unpack(endian + "3f", head[108:120])
     ndim = dims[0]
     if not 1 <= ndim <= 7 or any(n < 1 for n in dims[1 : ndim + 1]):
-        raise ValueError(f"{path}: invalid NIfTI dim field {list(dims)}; the header is corrupt")
+        raise ValueError(
+            f"{path}: invalid NIfTI dim field {list(dims)}; expected dim[0] in 1..7 and that many sizes "
+            ">= 1. The header is corrupt: re-export the file"
+        )
+    shape = list(dims[1 : ndim + 1])
+    type_name, bits = _check_nifti_datatype(path, datatype, bitpix)
     spatial = [float(p) for p in pixdim[1 : min(ndim, 3) + 1]]
     if not all(math.isfinite(p) and p > 0 for p in spatial):
         raise ValueError(
@@ -128,86 +160,97 @@ def _check_nifti_header(path: Path) -> None:
             "by their absolute value (flipping the axis), so medgym refuses the file. Fix the header, "
             "e.g. nibabel: img.header.set_zooms(...) with the true spacing"
         )
-    if not single_file:
-        return  # header-only variant (ni1): the voxels live in a separate .img file
-    expected = max(data_offset, header_size) + (math.prod(dims[1 : ndim + 1]) * bitpix + 7) // 8
+    space_units = head[123] & 0x07  # xyzt_units: 0 unknown, 1 m, 2 mm, 3 um (ITK converts to mm)
+    if space_units > 3:
+        raise ValueError(
+            f"{path}: invalid NIfTI spatial unit code {space_units} in xyzt_units {head[123]}; expected "
+            "0 (unknown), 1 (m), 2 (mm) or 3 (micron). Fix the header (e.g. nibabel: set_xyzt_units)"
+        )
+    _check_nifti_orientation(path, endian, head)
+    count = math.prod(shape)
+    scaled = _check_nifti_scaling(path, slope, intercept)
+    # ITK's buffer plus the numpy copy; scaled integers become (at least) float32.
+    require_memory(path, f"dim {shape} of {type_name}", 2 * count * max(bits // 8, 4 if scaled else 1))
+    if not (math.isfinite(vox_offset) and vox_offset == int(vox_offset) and vox_offset >= 352):
+        raise ValueError(
+            f"{path}: invalid vox_offset {vox_offset} in the NIfTI header; expected a whole number >= 352 "
+            "(where the voxels start in a single-file .nii). The header is corrupt: re-export the file"
+        )
+    offset = int(vox_offset)
+    expected = offset + (count * bits + 7) // 8
     actual = _decompressed_size_at_least(path, expected) if compressed else path.stat().st_size
     if actual < expected:
         raise ValueError(
             f"{path}: truncated NIfTI file: the header promises {expected} bytes of header and voxels "
-            f"(dim {list(dims[1 : ndim + 1])}, {bitpix} bits), got {actual}. SimpleITK would fill the "
+            f"(dim {shape}, {bits} bits), got {actual}. SimpleITK would fill the "
             "rest with zeros; re-download or re-export the file"
         )
-
-
-# ====================================================================== NRRD and MetaImage
-def _read_text_header(path: Path, limit: int = 1 << 20) -> list[str]:
-    """Lines of a text header that ends at the first blank line (NRRD) or at EOF/limit."""
-    with open(path, "rb") as stream:
-        raw = stream.read(limit)
-    end = re.search(rb"\r?\n\r?\n", raw)
-    return raw[: end.start() if end else len(raw)].decode("latin-1").splitlines()
-
-
-def _check_spacing_values(path: Path, field: str, values: list[str], fix: str) -> None:
-    try:
-        numbers = [float(value) for value in values]
-    except ValueError as error:
-        raise ValueError(f"{path}: {field} = {' '.join(values)!r} is not numeric; {fix}") from error
-    if not all(math.isfinite(n) and n > 0 for n in numbers):
-        raise ValueError(
-            f"{path}: invalid voxel spacing {field} = {numbers}; expected finite values > 0 mm. "
-            f"SimpleITK would silently flip negative axes or invent 1 mm for NaN, so medgym refuses "
-            f"the file; {fix}"
-        )
-
-
-def _check_nrrd_header(path: Path) -> None:
-    lines = _read_text_header(path)
-    if not lines or not lines[0].startswith("NRRD"):
-        first = lines[0][:40] if lines else ""
-        raise ValueError(
-            f"{path}: not a NRRD file (expected the magic 'NRRD000x' on the first line, got {first!r}); "
-            "check the file or give it the suffix of its actual format"
-        )
-    fields = {}
-    for line in lines[1:]:
-        if line.startswith("#") or ":=" in line or ": " not in line:
-            continue
-        key, value = line.split(": ", 1)
-        fields[key.strip().lower()] = value.strip()
-    fix = "state the geometry with 'space directions' (one vector per axis, its length the spacing)"
-    if "space directions" in fields:
-        for vector in re.findall(r"\(([^)]*)\)", fields["space directions"]):
-            try:
-                components = [float(c) for c in vector.split(",")]
-            except ValueError as error:
-                raise ValueError(
-                    f"{path}: space directions vector ({vector}) is not numeric; {fix}"
-                ) from error
-            if not all(math.isfinite(c) for c in components) or math.hypot(*components) <= 0:
-                raise ValueError(
-                    f"{path}: invalid voxel spacing: space directions vector ({vector}) has zero or "
-                    f"non-finite length; expected one non-zero vector per spatial axis; {fix}"
-                )
-    elif "spacings" in fields:
-        values = fields["spacings"].split()
-        if fields.get("dimension") != "3":
-            # Non-spatial axes (e.g. a vector component) legitimately carry NaN.
-            values = [value for value in values if value.lower() != "nan"]
-        _check_spacing_values(path, "spacings", values, fix)
-
-
-def _check_metaimage_header(path: Path) -> None:
-    for line in _read_text_header(path, limit=1 << 16):
-        key, _, value = line.partition("=")
-        key = key.strip()
-        if key == "ElementSpacing":
-            _check_spacing_values(
-                path,
-                "ElementSpacing",
-                value.split(),
-                "fix ElementSpacing (mm) and state flips in TransformMatrix",
+    if type_name in ("float32", "float64"):
+        bad = count_non_finite(path, compressed, offset, np.dtype(type_name).newbyteorder(endian), count)
+        if bad:
+            raise ValueError(
+                f"{path}: {bad} of {count} voxels are NaN or infinite; expected finite intensities "
+                "(SimpleITK would silently read them as 0). Replace them in the file (e.g. "
+                "numpy.nan_to_num with the background value) and save again"
             )
-        if key == "ElementDataFile":
-            break  # binary data follow in .mha
+
+
+def _check_nifti_datatype(path: Path, datatype: int, bitpix: int) -> tuple[str, int]:
+    """The numpy type name and bits per voxel of a NIfTI ``datatype`` code medgym can read."""
+    readable = [name for name, _, ok in NIFTI_DATATYPES.values() if ok]
+    if datatype not in NIFTI_DATATYPES or not NIFTI_DATATYPES[datatype][2]:
+        got = NIFTI_DATATYPES[datatype][0] if datatype in NIFTI_DATATYPES else "unknown"
+        raise ValueError(
+            f"{path}: NIfTI datatype code {datatype} ({got}) is not supported; expected one real "
+            f"intensity per voxel ({', '.join(readable)}). Convert the image (e.g. one channel, real part)"
+        )
+    type_name, bits, _ = NIFTI_DATATYPES[datatype]
+    if bitpix != bits:
+        raise ValueError(
+            f"{path}: NIfTI bitpix {bitpix} does not match datatype {datatype} ({type_name}, {bits} bits); "
+            "the header is corrupt: re-export the file"
+        )
+    return type_name, bits
+
+
+def _check_nifti_scaling(path: Path, slope: float, intercept: float) -> bool:
+    """Whether ITK scales the voxels; refuse the scalings where ITK and the standard disagree.
+
+    The NIfTI standard (and nibabel) ignore ``scl_inter`` when ``scl_slope`` is 0 or not finite;
+    ITK then still adds a finite intercept, and it treats a slope below double epsilon as 1.
+    """
+    applies = math.isfinite(slope) and slope != 0
+    tiny = applies and abs(slope) < _ITK_EPSILON
+    unscaled_offset = not applies and math.isfinite(intercept) and intercept != 0
+    if tiny or unscaled_offset or (applies and not math.isfinite(intercept)):
+        raise ValueError(
+            f"{path}: ambiguous intensity scaling scl_slope={slope}, scl_inter={intercept} in the NIfTI "
+            "header; expected a finite slope >= 2.2e-16 in size with a finite intercept, or no scaling "
+            "(slope 0 or NaN with intercept 0 or NaN): ITK and nibabel would read different intensities. "
+            "Fix the header (e.g. nibabel: img.header.set_slope_inter(slope, inter))"
+        )
+    return applies and (slope, intercept) != (1, 0)
+
+
+def _check_nifti_orientation(path: Path, endian: str, head: bytes) -> None:
+    """Refuse unknown qform/sform codes and non-finite numbers in the transform that applies."""
+    qform_code, sform_code = struct.unpack(endian + "2h", head[252:256])
+    for name, code in (("qform_code", qform_code), ("sform_code", sform_code)):
+        if not 0 <= code <= _MAX_XFORM_CODE:
+            raise ValueError(
+                f"{path}: invalid NIfTI {name} {code}; expected 0..{_MAX_XFORM_CODE}. ITK would silently "
+                "ignore that transform; fix the header (e.g. nibabel: img.set_qform/set_sform)"
+            )
+    quatern = struct.unpack(endian + "6f", head[256:280])
+    srow = struct.unpack(endian + "12f", head[280:328])
+    for name, code, values in (("quatern/qoffset", qform_code, quatern), ("srow", sform_code, srow)):
+        if code > 0 and not all(math.isfinite(v) for v in values):
+            raise ValueError(
+                f"{path}: NIfTI {name} holds NaN or infinite values {list(values)}; expected a finite "
+                "orientation. Fix the header (e.g. nibabel: img.set_qform/set_sform)"
+            )
+    if qform_code > 0 and sum(q * q for q in quatern[:3]) > 1 + _QUATERN_TOLERANCE:
+        raise ValueError(
+            f"{path}: NIfTI quaternion (b, c, d) = {list(quatern[:3])} has length > 1; expected a unit "
+            "quaternion's b, c, d. ITK would silently renormalise it; fix the header"
+        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +109,12 @@ def write_landmarks(
     rows: list[tuple[str, list[float]]] = []
     for name, point in landmarks.items():
         vector = np.asarray(point, dtype=np.float64)
-        if not isinstance(name, str) or not name.strip() or name != name.strip() or "\n" in name:
+        if (
+            not isinstance(name, str)
+            or not name.strip()
+            or name != name.strip()
+            or name.splitlines() != [name]
+        ):
             raise ValueError(
                 f"{path}: landmark name {name!r} is empty, spans lines or has leading/trailing spaces; "
                 "expected one line of text (readers strip spaces, so the name would change)"
@@ -144,12 +149,15 @@ def _parse_csv(text: str, path: Path) -> dict[str, NDArray[np.float64]]:
     header_line = 0
     points: dict[str, NDArray[np.float64]] = {}
     seen_at: dict[str, str] = {}
-    rows = csv.reader(io.StringIO(text))
-    for row in rows:
+    lines = io.StringIO(text).readlines()
+    rows = csv.reader(lines)
+    start = 0
+    for row in _csv_rows(rows, path):
         line = rows.line_num
+        start, first = line, lines[start]  # the row's first physical line: a quoted "#..." is a name
         if not any(cell.strip() for cell in row):
             continue
-        if row[0].lstrip().startswith("#"):
+        if first.lstrip().startswith("#"):
             match = _CSV_COMMENT_SYSTEM.match(",".join(row).strip())
             if match:
                 comment_system = parse_coordinate_system(match.group(1), path, f"line {line}")
@@ -157,6 +165,11 @@ def _parse_csv(text: str, path: Path) -> dict[str, NDArray[np.float64]]:
         if header is None:
             header = [cell.strip().lower() for cell in row]
             header_line = line
+            repeated = sorted({column for column in header if header.count(column) > 1})
+            if repeated:
+                raise ValueError(
+                    f"{path}: line {line}: header repeats column(s) {repeated}; expected each column once"
+                )
             name_index, coordinate_indices, system = _csv_columns(header, comment_system, path, line)
             defined_index = header.index("defined") if "defined" in header else None
             continue
@@ -177,6 +190,21 @@ def _parse_csv(text: str, path: Path) -> dict[str, NDArray[np.float64]]:
             f"{path}: no header row; expected e.g. 'name,x_lps,y_lps,z_lps' then one row per point"
         )
     return points
+
+
+def _csv_rows(rows: Iterator[list[str]], path: Path) -> Iterator[list[str]]:
+    """The rows of a ``csv.reader``, its errors (NUL bytes, unclosed quotes) as ``ValueError``."""
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise ValueError(
+                f"{path}: line {getattr(rows, 'line_num', '?')}: unreadable CSV ({error}); expected "
+                "comma-separated text. Fix the row"
+            ) from None
+        yield row
 
 
 def _csv_columns(
@@ -216,6 +244,9 @@ def _format_csv(rows: list[tuple[str, list[float]]], system: str) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     axis = system.lower()
+    # A name starting with "#" is quoted, or the row would read back as a comment.
+    quoting = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(["name", f"x_{axis}", f"y_{axis}", f"z_{axis}"])
-    writer.writerows([name, *(repr(c) for c in coordinates)] for name, coordinates in rows)
+    for name, coordinates in rows:
+        (quoting if name.startswith("#") else writer).writerow([name, *(repr(c) for c in coordinates)])
     return buffer.getvalue()

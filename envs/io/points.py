@@ -7,6 +7,7 @@ readers and writers of :mod:`envs.io.landmarks` and :mod:`envs.io.slicer` call i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,11 @@ COORDINATE_SYSTEMS: tuple[str, ...] = ("LPS", "RAS")
 
 # RAS <-> LPS is its own inverse: negate x (R->L) and y (A->P).
 _RAS_LPS_FLIP = np.array([-1.0, -1.0, 1.0])
+# A decimal number as text files write it (NaN and inf pass here and are refused as not finite);
+# Python's float() would also take "1_000" and non-ASCII digits, which no landmark tool writes.
+_NUMBER = re.compile(
+    r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE | re.ASCII
+)
 
 
 def parse_coordinate_system(value: str, path: Path, where: str) -> str:
@@ -63,8 +69,8 @@ def add_point(
             "unique names. Rename or delete one of them"
         )
     try:
-        point = np.array([float(value) for value in coordinates], dtype=np.float64)
-    except (TypeError, ValueError):
+        point = np.array([_number(value) for value in coordinates], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(
             f"{path}: {where}: coordinates {coordinates} of {name!r} are not all numbers; expected "
             "three numbers in mm"
@@ -78,3 +84,12 @@ def add_point(
         )
     points[name] = to_lps(point, system)
     seen_at[name] = where
+
+
+def _number(value: object) -> float:
+    """A coordinate: a JSON number or the text of a decimal number; ``ValueError`` otherwise."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)  # OverflowError for integers beyond float range
+    raise ValueError(f"not a number: {value!r}")

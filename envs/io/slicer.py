@@ -28,6 +28,7 @@ _FCSV_COLUMNS = (
     "id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel", "lock", "label", "desc", "associatedNodeID"
 )  # fmt: skip
 _FCSV_SYSTEM = re.compile(r"^#\s*CoordinateSystem\s*=\s*(\S*)\s*$", re.IGNORECASE)
+_POSITION_STATUSES = ("defined", "undefined", "preview")
 _FCSV_COLUMNS_LINE = re.compile(r"^#\s*columns\s*=\s*(.*)$", re.IGNORECASE)
 
 
@@ -54,7 +55,10 @@ def parse_fcsv(text: str, path: Path) -> dict[str, NDArray[np.float64]]:
                     )
             continue
         # One line per row: csv handles quoted labels with commas, Slicer never splits rows.
-        row = next(csv.reader([content]))
+        try:
+            row = next(csv.reader([content]))
+        except csv.Error as error:
+            raise ValueError(f"{path}: line {line}: unreadable row ({error}); fix or remove it") from None
         indices = {key: columns.index(key) for key in ("id", "x", "y", "z", "label") if key in columns}
         needed = max(indices[key] for key in ("x", "y", "z")) + 1
         if len(row) < needed:
@@ -63,7 +67,7 @@ def parse_fcsv(text: str, path: Path) -> dict[str, NDArray[np.float64]]:
                 f"({','.join(columns)}), got {len(row)}. Fix or remove the row"
             )
         label = row[indices["label"]].strip() if indices.get("label", len(row)) < len(row) else ""
-        if not label and "id" in indices:
+        if not label and indices.get("id", len(row)) < len(row):
             label = row[indices["id"]].strip()  # Slicer shows the id when a point has no label
         add_point(
             points,
@@ -86,6 +90,11 @@ def parse_mrk_json(text: str, path: Path) -> dict[str, NDArray[np.float64]]:
             f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); expected a "
             "Slicer markups file. Re-save it from Slicer"
         ) from None
+    except RecursionError:
+        raise ValueError(
+            f"{path}: JSON nested too deeply to be a Slicer markups file; expected a .mrk.json. "
+            "Re-save it from Slicer"
+        ) from None
     markups = document.get("markups") if isinstance(document, dict) else None
     if not isinstance(markups, list):
         raise ValueError(
@@ -105,7 +114,7 @@ def parse_mrk_json(text: str, path: Path) -> dict[str, NDArray[np.float64]]:
         where = f"markups[{markup_index}]"
         system = parse_coordinate_system(str(markup.get("coordinateSystem", "LPS")), path, where)
         units = markup.get("coordinateUnits", "mm")
-        scale = {"mm": 1.0, "um": 1e-3}.get(units)
+        scale = {"mm": 1.0, "um": 1e-3}.get(units) if isinstance(units, str) else None
         if scale is None:
             raise ValueError(f"{path}: {where}: unknown coordinateUnits {units!r}; expected 'mm' or 'um'")
         controls = markup.get("controlPoints", [])
@@ -114,19 +123,27 @@ def parse_mrk_json(text: str, path: Path) -> dict[str, NDArray[np.float64]]:
                 f"{path}: {where}: expected 'controlPoints' to be a list of objects, got {controls!r}"
             )
         for point_index, control in enumerate(controls):
-            if control.get("positionStatus", "defined") != "defined":
-                continue  # an unplaced point has a placeholder position
-            label = str(control.get("label") or control.get("id") or "").strip()
-            position = control.get("position")
-            if not isinstance(position, list):
+            at = f"{where}.controlPoints[{point_index}]"
+            status = control.get("positionStatus", "defined")
+            if status not in _POSITION_STATUSES:
                 raise ValueError(
-                    f"{path}: {where}.controlPoints[{point_index}]: expected 'position': [x, y, z], "
-                    f"got {position!r}"
+                    f"{path}: {at}: unknown positionStatus {status!r}; expected one of "
+                    f"{', '.join(_POSITION_STATUSES)}"
                 )
-            add_point(
-                points, seen_at, label, [p * scale if isinstance(p, (int, float)) else p for p in position],
-                system, path, f"{where}.controlPoints[{point_index}]",
-            )  # fmt: skip
+            if status != "defined":
+                continue  # an unplaced point has a placeholder position
+            names = [control.get(key) for key in ("label", "id")]
+            if any(isinstance(n, (bool, list, dict, float)) for n in names):
+                raise ValueError(f"{path}: {at}: expected a text 'label' (or 'id'), got {names[0]!r}")
+            label = str(names[0] or names[1] or "").strip()
+            position = control.get("position")
+            numeric = isinstance(position, list) and all(
+                isinstance(p, (int, float)) and not isinstance(p, bool) for p in position
+            )
+            if not numeric:
+                raise ValueError(f"{path}: {at}: expected 'position': [x, y, z] of numbers, got {position!r}")
+            add_point(points, seen_at, label, position, system, path, at)
+            points[label] = points[label] * scale
     return points
 
 

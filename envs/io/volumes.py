@@ -57,8 +57,10 @@ def read_volume(path: str | Path, *, series_id: str | None = None) -> Volume:
 
     Raises:
         FileNotFoundError: the file or folder does not exist.
-        ValueError: unsupported suffix; unreadable, truncated or non-image file; not 3-D;
-            several components per voxel; NaN/inf voxels; zero, negative or missing spacing;
+        ValueError: unsupported suffix; unreadable, truncated or non-image file; a header
+            ITK would misread or repair (:mod:`envs.io.headers`); dimensions needing more
+            memory than is available (with an estimate); not 3-D; several components per
+            voxel; NaN/inf voxels; zero, negative or missing spacing; NaN geometry;
             a DICOM folder with no series, several series and no ``series_id``, one slice,
             unevenly spaced slices or a sheared stack (gantry tilt).
     """
@@ -121,6 +123,11 @@ def _volume_from_image(image: sitk.Image, path: Path) -> Volume:
     if not all(math.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"{path}: invalid voxel spacing {spacing} mm; expected values > 0. Fix the header")
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    if not (np.all(np.isfinite(direction)) and all(math.isfinite(c) for c in image.GetOrigin())):
+        raise ValueError(
+            f"{path}: NaN or infinite geometry in the header (origin {list(image.GetOrigin())}, direction "
+            f"{direction.round(4).tolist()}); expected finite numbers. Fix the header"
+        )
     return Volume(voxels, spacing, image.GetOrigin(), direction, name=str(path))
 
 
