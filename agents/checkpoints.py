@@ -3,14 +3,20 @@
 A checkpoint holds plain tensors, strings and numbers (no replay buffer, optimizer, schedule or
 env: an SB3 ``model.save`` can pickle all of those), so it loads with
 ``torch.load(weights_only=True)``. :func:`save_policy` writes through :mod:`envs.io.atomic`
-(temporary sibling, fsync, rename): a crash never leaves a half-written file.
-:func:`load_policy` refuses a file of another format or version, and spaces other than the ones
-the policy was trained on.
+(temporary sibling, fsync, rename): a crash never leaves a half-written file, and
+:func:`keep_previous` copies a good checkpoint aside before it is replaced, so that a file
+damaged later (disk, copy, hand edit) still has a fallback. :func:`read_checkpoint` and
+:func:`load_policy` refuse a truncated or garbage file, a file of another format or version,
+and spaces other than the ones the policy was trained on, with a ValueError naming the file.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +28,17 @@ from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.dqn.policies import DQNPolicy
 
 from agents.networks import DuelingDQNPolicy, VolumeDQNPolicy, VolumeFeatures
-from envs.io.atomic import atomic_path
+from envs.io.atomic import atomic_path, atomic_write_bytes
 
-__all__ = ["POLICY_FORMAT", "POLICY_FORMAT_VERSION", "load_policy", "make_policy", "save_policy"]
+__all__ = [
+    "POLICY_FORMAT",
+    "POLICY_FORMAT_VERSION",
+    "keep_previous",
+    "load_policy",
+    "make_policy",
+    "read_checkpoint",
+    "save_policy",
+]
 
 POLICY_FORMAT = "medgym.policy"
 POLICY_FORMAT_VERSION = 1
@@ -69,7 +83,9 @@ def make_policy(
     )
 
 
-def save_policy(model: DQN | DQNPolicy, path: str | os.PathLike[str]) -> Path:
+def save_policy(
+    model: DQN | DQNPolicy, path: str | os.PathLike[str], *, num_timesteps: int | None = None
+) -> Path:
     """Write the online Q-network weights and what rebuilds it to ``path``, atomically.
 
     No replay buffer, optimizer, schedule or env is written: the file holds plain tensors, strings and
@@ -78,6 +94,8 @@ def save_policy(model: DQN | DQNPolicy, path: str | os.PathLike[str]) -> Path:
     Args:
         model: A model from :func:`agents.dqn.build_model` or its ``policy``.
         path: Destination file (conventionally ``*.pt``); its folder is created if needed.
+        num_timesteps: the training steps behind these weights, stored when given (training
+            checkpoints record it so that a fallback to an older file knows its step).
 
     Returns:
         The path written.
@@ -105,6 +123,8 @@ def save_policy(model: DQN | DQNPolicy, path: str | os.PathLike[str]) -> Path:
         "action_space": _describe_space(policy.action_space),
         "q_net": {key: value.detach().cpu() for key, value in policy.q_net.state_dict().items()},
     }
+    if num_timesteps is not None:
+        payload["num_timesteps"] = int(num_timesteps)
     path = Path(path)
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
@@ -129,21 +149,11 @@ def load_policy(
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not a medgym policy or the spaces differ from the saved ones.
+        ValueError: If the file is truncated or not a medgym policy, or the spaces differ from the
+            saved ones (the message names the file and the problem).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"load_policy: no policy file at {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
-        raise ValueError(
-            f"load_policy: {path} is not a medgym policy file (one written by agents.checkpoints.save_policy)"
-        )
-    if payload.get("version") != POLICY_FORMAT_VERSION:
-        raise ValueError(
-            f"load_policy: {path} has format version {payload.get('version')}, "
-            f"expected {POLICY_FORMAT_VERSION}"
-        )
+    payload = read_checkpoint(path, "load_policy")
     if isinstance(env_or_spaces, tuple):
         observation_space, action_space = env_or_spaces
     else:
@@ -158,13 +168,113 @@ def load_policy(
         key: tuple(value) if isinstance(value, list) else value
         for key, value in payload["features_extractor_kwargs"].items()
     }
-    policy = make_policy(
-        payload["dueling"], observation_space, action_space, list(payload["net_arch"]), extractor_kwargs
-    )
-    policy.q_net.load_state_dict(payload["q_net"])
-    policy.q_net_target.load_state_dict(payload["q_net"])
+    try:
+        policy = make_policy(
+            payload["dueling"], observation_space, action_space, list(payload["net_arch"]), extractor_kwargs
+        )
+        policy.q_net.load_state_dict(payload["q_net"])
+        policy.q_net_target.load_state_dict(payload["q_net"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"load_policy: {path}: the weights do not fit the network the file describes "
+            f"({_first_line(error)}); the file is damaged, use another checkpoint"
+        ) from None
     policy.set_training_mode(False)
     device = (
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
     return policy.to(device)
+
+
+# ---------------------------------------------------------------------- checked reading
+_REQUIRED = {
+    "dueling": bool,
+    "net_arch": list,
+    "features_extractor_kwargs": dict,
+    "observation_space": dict,
+    "action_space": dict,
+    "q_net": dict,
+}
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _damage(data: bytes, error: BaseException) -> str:
+    """What is wrong with a file ``torch.load`` could not read, in a few words."""
+    if not data:
+        return "the file is empty"
+    if not data.startswith(b"PK\x03\x04"):
+        return "no PyTorch (zip) header: garbage or another format"
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        return "truncated: the zip archive ends early"
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain values (refused by weights_only)"
+    return f"{type(error).__name__}: {_first_line(error)}"
+
+
+def _load_payload(data: bytes, path: Path, caller: str) -> dict[str, Any]:
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the checks below decide
+            warnings.simplefilter("ignore")
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch, pickle and zip raise many types for a damaged file
+        raise ValueError(
+            f"{caller}: {path} is truncated or not a policy file ({_damage(data, error)}); "
+            "use another checkpoint (e.g. checkpoints/previous.pt)"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
+        raise ValueError(
+            f"{caller}: {path} is not a medgym policy file (one written by agents.checkpoints.save_policy)"
+        )
+    if payload.get("version") != POLICY_FORMAT_VERSION:
+        raise ValueError(
+            f"{caller}: {path} has format version {payload.get('version')}, expected {POLICY_FORMAT_VERSION}"
+        )
+    for key, kind in _REQUIRED.items():
+        if not isinstance(payload.get(key), kind):
+            raise ValueError(
+                f"{caller}: {path} is damaged: field {key!r} is missing or not a {kind.__name__}"
+            )
+    if not all(isinstance(value, torch.Tensor) for value in payload["q_net"].values()):
+        raise ValueError(f"{caller}: {path} is damaged: 'q_net' holds something other than tensors")
+    return payload
+
+
+def read_checkpoint(path: str | os.PathLike[str], caller: str = "read_checkpoint") -> dict[str, Any]:
+    """The checked contents of a policy file: plain tensors, strings and numbers.
+
+    ``payload.get("num_timesteps")`` is the training step it was saved at (None for files
+    saved without one).
+
+    Raises:
+        FileNotFoundError: If ``path`` is not a file.
+        ValueError: If the file is truncated, garbage, of another format or version, or lacks a
+            field (the message names the file and what is wrong; never a torch traceback).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{caller}: no policy file at {path}")
+    return _load_payload(path.read_bytes(), path, caller)
+
+
+def keep_previous(path: str | os.PathLike[str], previous: str | os.PathLike[str]) -> bool:
+    """Copy the checkpoint at ``path`` to ``previous`` (atomically) if it is a readable policy.
+
+    Call it before replacing ``path``: ``previous`` then always holds the last good checkpoint,
+    the fallback when ``path`` is found damaged. A missing or damaged ``path`` is not copied (a
+    good ``previous`` is never replaced by a bad file). Returns whether it copied.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    data = path.read_bytes()
+    try:
+        _load_payload(data, path, "keep_previous")
+    except ValueError:
+        return False
+    atomic_write_bytes(previous, data)
+    return True

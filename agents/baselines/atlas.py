@@ -32,6 +32,7 @@ from agents.baselines.sitk_common import (
     check_fractions,
     check_initializer,
     check_pyramid,
+    check_seed,
     check_volume,
     check_window,
     execute,
@@ -77,7 +78,9 @@ class AtlasConfig:
             at the start of each level (the learning rate is estimated from it).
         intensity_window: intensities are clipped to ``[low, high]`` (HU for CT) and shifted
             so that ``low`` becomes 0 before registering; ``None`` keeps them as they are.
-        seed: seed of the metric's random sampling, for reproducible results.
+        seed: seed of the metric's random sampling (0 .. 2**32 - 2); the same seed gives the
+            same result. SimpleITK reads 0 as "seed from the wall clock", so 0 is passed to it
+            as 2**32 - 1 (:func:`agents.baselines.sitk_common.sitk_seed`).
         threads: SimpleITK threads for the registration; ``None`` keeps SimpleITK's default
             (all cores).
     """
@@ -119,6 +122,7 @@ class AtlasConfig:
             raise ValueError(f"AtlasConfig: bspline_mesh_size must be >= 1, got {self.bspline_mesh_size}")
         check_window("AtlasConfig", self.intensity_window)
         check_initializer("AtlasConfig", self.initializer)
+        check_seed("AtlasConfig", self.seed)
         if not self.max_step_mm > 0 or self.histogram_bins < 4:
             raise ValueError(
                 f"AtlasConfig: need max_step_mm > 0 and histogram_bins >= 4, got "

@@ -61,7 +61,9 @@ class BSplineBaselineConfig:
             per level; later steps halve on every reversal (that optimiser only).
         intensity_window: clip intensities to ``[low, high]`` first; ``None`` keeps them.
         threads: SimpleITK threads; ``None`` uses all cores.
-        seed: seed of the metric's random sampling.
+        seed: seed of the metric's random sampling (0 .. 2**32 - 2); the same seed gives the
+            same result. SimpleITK reads 0 as "seed from the wall clock", so 0 is passed to it
+            as 2**32 - 1 (:func:`agents.baselines.sitk_common.sitk_seed`).
     """
 
     mesh_spacing_mm: float = 60.0

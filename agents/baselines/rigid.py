@@ -76,7 +76,9 @@ class RigidBaselineConfig:
         intensity_window: intensities are clipped to ``[low, high]`` (HU for CT) before
             registering; ``None`` keeps them as they are (e.g. MR).
         threads: SimpleITK threads; ``None`` uses all cores.
-        seed: seed of the metric's random sampling.
+        seed: seed of the metric's random sampling (0 .. 2**32 - 2); the same seed gives the
+            same result. SimpleITK reads 0 as "seed from the wall clock", so 0 is passed to it
+            as 2**32 - 1 (:func:`agents.baselines.sitk_common.sitk_seed`).
     """
 
     shrink_factors: tuple[int, ...] = (4, 2, 1)

@@ -29,6 +29,28 @@ INITIALIZERS = ("moments", "geometry", "none")
 PAIR = "fixed and moving volumes"
 # How far (mm) a fitted rigid `initial` may be from the transform it came from.
 RIGID_FIT_TOLERANCE_MM = 1e-3
+# SimpleITK reads a sampling seed of 0 as "seed from the wall clock" (sitk.sitkWallClock), so a
+# config seed of 0 is passed on as this fixed seed instead; the largest one its uint32 takes.
+SITK_SEED_FOR_ZERO = 2**32 - 1
+MAX_SEED = SITK_SEED_FOR_ZERO - 1
+
+
+def sitk_seed(seed: int) -> int:
+    """The SimpleITK metric-sampling seed of a config seed: 0 maps to ``SITK_SEED_FOR_ZERO``.
+
+    SimpleITK would otherwise seed from the wall clock on 0 and results would change from run
+    to run; every other seed (1 .. ``MAX_SEED``) is passed on as it is.
+
+    >>> sitk_seed(0) == SITK_SEED_FOR_ZERO, sitk_seed(7)
+    (True, 7)
+    """
+    return SITK_SEED_FOR_ZERO if int(seed) == 0 else int(seed)
+
+
+def check_seed(owner: str, seed: int) -> None:
+    """A config seed must be an integer in ``0 .. MAX_SEED`` (SimpleITK seeds are uint32)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"{owner}: seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
 
 
 @dataclass(frozen=True)
@@ -151,8 +173,7 @@ def check_common(
         raise ValueError(f"{owner}: metric_samples must be >= 100, got {metric_samples}")
     if threads is not None and int(threads) < 1:
         raise ValueError(f"{owner}: threads must be >= 1 or None (all cores), got {threads}")
-    if int(seed) < 0:
-        raise ValueError(f"{owner}: seed must be >= 0, got {seed}")
+    check_seed(owner, seed)
     check_window(owner, window)
 
 
@@ -292,9 +313,9 @@ def pyramid_method(
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(histogram_bins))
     # RANDOM sampling in ITK v4 draws voxels and jitters each sample inside its voxel, i.e.
     # it samples physical space, which avoids the grid-aliasing bias of a regular grid. The
-    # fixed seed makes runs reproducible (up to multithreaded summation order).
+    # fixed seed (never 0, which SimpleITK reads as the wall clock) makes runs reproducible.
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentagePerLevel([float(f) for f in fractions], int(seed))
+    method.SetMetricSamplingPercentagePerLevel([float(f) for f in fractions], sitk_seed(seed))
     # With a few 10^4 samples, gradients by finite differences at the samples are cheaper than
     # precomputing gradient images of both full volumes at every level.
     method.MetricUseFixedImageGradientFilterOff()
@@ -348,12 +369,22 @@ def execute(
     pair: str = "atlas and target",
     advice: str | None = None,
 ) -> StageReport:
-    """Run ``method``; a SimpleITK failure becomes a ValueError that says what to try."""
+    """Run ``method``; a SimpleITK failure becomes a ValueError that says what to try.
+
+    ITK's metric runs on the global default thread count whatever the method says, so that
+    count is set to the method's for the call (and restored): with ``threads=1`` in a config
+    the result is bit-identical from run to run, with more threads the order of the
+    multithreaded sums varies (a drift of about 1e-4 mm).
+    """
     start = time.perf_counter()
+    saved_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(method.GetNumberOfThreads()))
     try:
         method.Execute(fixed, moving)
     except RuntimeError as error:
         raise _registration_error(name, error, initializer, caller, pair, advice) from error
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(saved_threads)
     return StageReport(
         name=name,
         metric_value=float(method.GetMetricValue()),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io as text_io
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +25,9 @@ from typing import Any
 
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
-from agents.checkpoints import save_policy
+from agents.checkpoints import keep_previous, save_policy
 from agents.experiments.config import Experiment
-from agents.experiments.runs import Run
+from agents.experiments.runs import Run, json_text
 from envs.io.atomic import atomic_write_text
 
 __all__ = [
@@ -45,6 +44,14 @@ Metrics = dict[str, float]
 Score = Callable[[Metrics], tuple[float, ...]]
 
 
+def _saved_score(state: dict[str, Any]) -> tuple[float, ...] | None:
+    """state.json's best score; a ``null`` element (strict JSON) is an infinite one."""
+    best_score = state.get("best_score")
+    if not best_score:
+        return None
+    return tuple(float("inf") if value is None else float(value) for value in best_score)
+
+
 class SaveBestPolicy:
     """Best-model saving: keeps the policy of the best validation so far (lower score is better).
 
@@ -54,9 +61,9 @@ class SaveBestPolicy:
     def __init__(self, path: Path, score: Score, state: dict[str, Any]) -> None:
         self.path = path
         self.score = score
-        self.best_mm = float(state.get("best_val_median_mm", float("inf")))
-        best_score = state.get("best_score")
-        self.best_score: tuple[float, ...] | None = tuple(best_score) if best_score else None
+        best_mm = state.get("best_val_median_mm")
+        self.best_mm = float("inf") if best_mm is None else float(best_mm)  # null: no finite best yet
+        self.best_score = _saved_score(state)
 
     def after_validation(self, metrics: Metrics, policy: Any) -> bool:
         score = self.score(metrics)
@@ -79,8 +86,7 @@ class EarlyStopping:
     def __init__(self, patience: int, score: Score, state: dict[str, Any]) -> None:
         self.patience = patience
         self.score = score
-        best_score = state.get("best_score")
-        self.best_score: tuple[float, ...] | None = tuple(best_score) if best_score else None
+        self.best_score = _saved_score(state)
         self.evals_without_gain = int(state.get("evals_without_gain", 0))
 
     def after_validation(self, metrics: Metrics, policy: Any) -> bool:
@@ -173,7 +179,11 @@ class ValidationCallback(BaseCallback):
 
 
 class CheckpointCallback(BaseCallback):
-    """``RUN/checkpoints/latest.pt`` and its step count every ``every_steps`` steps and at the end."""
+    """``RUN/checkpoints/latest.pt`` and its step count every ``every_steps`` steps and at the end.
+
+    Before ``latest.pt`` is replaced, the good one is copied to ``previous.pt`` (the fallback
+    when ``latest.pt`` is found damaged); the step is stored in the checkpoint and state.json.
+    """
 
     def __init__(self, run: Run, every_steps: int, started_steps: int = 0) -> None:
         super().__init__()
@@ -192,7 +202,8 @@ class CheckpointCallback(BaseCallback):
         self._checkpoint()
 
     def _checkpoint(self) -> None:
-        save_policy(self.model.policy, self.run.latest_policy)
+        keep_previous(self.run.latest_policy, self.run.previous_policy)
+        save_policy(self.model.policy, self.run.latest_policy, num_timesteps=int(self.num_timesteps))
         self.run.update_state(
             num_timesteps=int(self.num_timesteps), minutes=(time.perf_counter() - self.started) / 60.0
         )
@@ -228,7 +239,7 @@ def training_callbacks(
 def write_summary(
     run: Run, validation: ValidationCallback, num_timesteps: int, done_steps: int, minutes: float
 ) -> float:
-    """Write RUN/summary.json of this session; returns its steps (or samples) per second."""
+    """Write RUN/summary.json (strict JSON) of this session; returns its steps (or samples) per second."""
     rate = (num_timesteps - done_steps) / max(minutes * 60.0, 1e-9)
     summary = {
         "num_timesteps": num_timesteps,
@@ -237,7 +248,7 @@ def write_summary(
         "best_val_median_mm": validation.best_mm,
         "validations": validation.history,
     }
-    atomic_write_text(run.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run.path / "summary.json", json_text(summary))
     return rate
 
 

@@ -40,6 +40,7 @@ from envs.io.atomic import (
     atomic_write,
     atomic_write_bytes,
     atomic_write_text,
+    check_output_folder,
     temporary_sibling,
 )
 from envs.io.landmarks import LANDMARK_SUFFIXES, read_landmarks, write_landmarks
@@ -57,6 +58,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_output_folder",
     "read_landmarks",
     "read_transform",
     "read_volume",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_output_folder",
     "temporary_sibling",
 ]
 
@@ -156,3 +158,27 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as temporary, open(temporary, "x", encoding="utf-8", newline="") as stream:
         stream.write(text)
     return path
+
+
+def check_output_folder(path: Path, flag: str = "--out") -> None:
+    """Raise ``ValueError`` unless ``path`` is a folder, or can be made as one, that this process can write.
+
+    Checked before any work, so a bad ``--out`` costs nothing. Nothing is created: the nearest
+    existing folder is probed with an anonymous temporary file.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: is a file, not a folder; give a folder path")
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {path}: {probe} is a file, so the folder cannot be made; give another path")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ValueError(
+            f"{flag} {path}: cannot write in {probe} ({reason}); give a folder you can write to"
+        ) from None
