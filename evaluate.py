@@ -23,6 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from agents.checkpoints import read_checkpoint
 from agents.experiments import (
     ConfigError,
     evaluate_landmark_runs,
@@ -31,13 +32,22 @@ from agents.experiments import (
     predict,
 )
 from agents.networks import set_torch_threads
+from envs.io import check_output_folder
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``evaluate.py: error: ...``, exit status 2), no usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"evaluate.py: error: {' '.join(message.split())}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Evaluate medgym runs in mm on held-out volumes.")
+    parser = ArgumentParser(prog="evaluate.py", description="Evaluate medgym runs in mm on held-out volumes.")
     parser.add_argument("runs", nargs="+", type=Path, help="run folder(s) made by train.py")
     parser.add_argument("--data", type=Path, help="manifest to evaluate on (default: the run's own data)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--split", choices=("train", "val", "test"), help="split to evaluate (default test)")
     parser.add_argument(
         "--baseline",
         action="append",
@@ -50,19 +60,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--misalignments",
         type=float,
         nargs="+",
-        default=[15.0, 30.0, 45.0, 60.0],
         metavar="X",
-        help="rigid: initial misalignments, uniform +-X mm and +-X deg per parameter",
+        help="rigid: initial misalignments, uniform +-X mm and +-X deg per parameter (default 15 30 45 60)",
     )
-    parser.add_argument("--trials", type=int, default=20, help="rigid: registrations per setting")
+    parser.add_argument("--trials", type=int, help="rigid: registrations per setting (default 20)")
     parser.add_argument(
         "--conditions",
         nargs="+",
-        default=["mono", "multimodal", "partial"],
         choices=("mono", "multimodal", "partial"),
-        help="rigid: moved copy as is, re-contrasted, or cropped to a 40-70%% slab",
+        help="rigid: moved copy as is, re-contrasted, or cropped to a 40-70%% slab (default: all three)",
     )
-    parser.add_argument("--png", type=int, default=3, help="registration tasks: before/after PNGs to write")
+    parser.add_argument("--png", type=int, help="registration tasks: before/after PNGs to write (default 3)")
     parser.add_argument(
         "--refine",
         action="store_true",
@@ -80,36 +88,89 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--atlases",
         type=int,
-        default=3,
-        help="training volumes registered per test volume by --baseline atlas (median)",
+        help="landmark task: training volumes registered per test volume by --baseline atlas (default 3)",
     )
-    parser.add_argument("--gif", action="store_true", help="also write an animated GIF of one search")
+    parser.add_argument(
+        "--gif", action="store_true", help="landmark task: also write an animated GIF of one search"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default RUN/eval-SPLIT)")
     parser.add_argument(
         "--predict",
         nargs="+",
         type=Path,
         metavar="VOLUME",
-        help="write predicted landmarks (.fcsv, .mrk.json) for these volumes instead",
+        help="landmark task: write predicted landmarks (.fcsv, .mrk.json) for these volumes instead",
     )
     return parser.parse_args(argv)
 
 
+# Flags that only one kind of run reads: given for the other kind, they are refused.
+REGISTRATION_ONLY = ("register", "misalignments", "trials", "conditions", "png", "refine")
+LANDMARK_ONLY = ("predict", "gif", "atlases")
+# Flags that a --predict / --register call does not read (it works on the given files only).
+EVALUATION_ONLY = (
+    "data",
+    "split",
+    "baseline",
+    "misalignments",
+    "trials",
+    "conditions",
+    "png",
+    "gif",
+    "atlases",
+)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    return [_flag(name) for name in names if getattr(args, name) not in (None, False)]
+
+
+def check_flags(args: argparse.Namespace, task: str) -> None:
+    """Refuse flags that the runs' task, or the chosen mode (--predict, --register), does not read."""
+    registration = task != "landmark"
+    wrong = _given(args, LANDMARK_ONLY if registration else REGISTRATION_ONLY)
+    if wrong:
+        kind = "landmark" if registration else "registration (rigid, sdm)"
+        raise ValueError(f"{wrong[0]} applies to {kind} runs only; this is a {task} run: drop {wrong[0]}")
+    for mode in ("predict", "register"):
+        if getattr(args, mode):
+            extra = _given(args, EVALUATION_ONLY)
+            if extra:
+                raise ValueError(f"{extra[0]} does not apply to --{mode}, which reads only the given files")
+    for name, low in (("trials", 1), ("png", 0), ("atlases", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ValueError(f"{_flag(name)}: expected >= {low}, got {value}")
+
+
 def evaluate(args: argparse.Namespace) -> int:
     runs = [open_run(path) for path in args.runs]
+    tasks = sorted({run.experiment.task for run in runs})
+    if len(tasks) > 1:
+        raise ValueError(f"the runs mix tasks {tasks}; evaluate runs of one task at a time")
+    check_flags(args, tasks[0])
+    for run in runs:  # a damaged checkpoint is named now, before any folder is made
+        read_checkpoint(run.policy_path(), "evaluate.py")
+    if args.out is not None:
+        check_output_folder(args.out)
+    split = args.split or "test"
     # registration runs (rigid, sdm): one at a time
-    if any(run.experiment.task != "landmark" for run in runs):
+    if tasks[0] != "landmark":
         if len(runs) != 1:
             raise ValueError("registration runs are evaluated one at a time; pass one run folder")
         return evaluate_registration_run(
             runs[0],
             data=args.data,
-            split=args.split,
+            split=split,
             baselines=args.baseline or [],
-            misalignments=args.misalignments,
-            trials=args.trials,
-            conditions=args.conditions,
-            png=args.png,
+            misalignments=args.misalignments or [15.0, 30.0, 45.0, 60.0],
+            trials=20 if args.trials is None else args.trials,
+            conditions=args.conditions or ["mono", "multimodal", "partial"],
+            png=3 if args.png is None else args.png,
             refine=args.refine,
             register_volumes=args.register,
             out=args.out,
@@ -125,14 +186,15 @@ def evaluate(args: argparse.Namespace) -> int:
             raise ValueError("--predict takes exactly one run folder")
         out = args.out or runs[0].path / "predictions"
         written = predict(runs[0], args.predict, out)
-        print(f"evaluate.py: wrote {len(written)} landmark files to {out}")
+        listing = ", ".join(str(path.relative_to(out)) for path in written) or "nothing"
+        print(f"evaluate.py: wrote {len(written)} landmark files to {out}: {listing}")
         return 0
     return evaluate_landmark_runs(
         runs,
         data=args.data,
-        split=args.split,
+        split=split,
         baseline="atlas" if args.baseline else None,
-        atlases=args.atlases,
+        atlases=3 if args.atlases is None else args.atlases,
         gif=args.gif,
         out=args.out,
     )
@@ -143,10 +205,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         set_torch_threads(1)
         return evaluate(args)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"evaluate.py: error: {message}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError, KeyError) as error:
+        print(f"evaluate.py: error: {error_line(error)}", file=sys.stderr)
         return 2
+
+
+def error_line(error: BaseException) -> str:
+    """The error's message on one line (a KeyError's without its quotes; an OSError's with its file)."""
+    if isinstance(error, KeyError) and error.args:
+        message = str(error.args[0])
+    elif isinstance(error, OSError) and error.filename is not None and str(error.filename) not in str(error):
+        message = f"{error.filename}: {error.strerror or error}"
+    else:
+        message = str(error) or type(error).__name__
+    return " ".join(message.split())
 
 
 if __name__ == "__main__":

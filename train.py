@@ -21,6 +21,8 @@ from stable_baselines3.common.utils import set_random_seed
 from agents.experiments import (
     ConfigError,
     LandmarkExperiment,
+    check_cases,
+    check_run_dir,
     load_experiment,
     open_run,
     prepare_dataset,
@@ -30,8 +32,18 @@ from agents.experiments import (
 from agents.networks import set_torch_threads
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``train.py: error: ...``, exit status 2), no usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"train.py: error: {' '.join(message.split())}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train a medgym landmark-detection or registration agent.")
+    parser = ArgumentParser(
+        prog="train.py", description="Train a medgym landmark-detection or registration agent."
+    )
     parser.add_argument("config", nargs="?", help="experiment YAML, e.g. configs/landmark_phantom.yaml")
     parser.add_argument(
         "--set",
@@ -61,11 +73,15 @@ def train(args: argparse.Namespace) -> int:
             raise ValueError("give a config file, e.g. python train.py configs/landmark_phantom.yaml")
         experiment = load_experiment(args.config, args.overrides)
         run, state = None, {}
+        if args.run_dir is not None:
+            check_run_dir(args.run_dir)
     # 2. seeding and threads (1 torch thread on a small CPU is the fastest)
     set_torch_threads(experiment.agent.torch_threads)
     set_random_seed(experiment.seed)
-    # 3. data: checked before a run folder exists, so bad input leaves nothing behind
+    # 3. data: every case of every split checked before a run folder exists, so bad input
+    #    costs seconds and leaves nothing behind
     dataset = prepare_dataset(experiment)
+    check_cases(experiment, dataset)
     # 4. worlds, envs, run folder, model, callbacks, learning and summary, per task
     if isinstance(experiment, LandmarkExperiment):
         return train_landmark(experiment, dataset, run, state, args.run_dir)
@@ -76,10 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return train(args)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"train.py: error: {message}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError, KeyError) as error:
+        print(f"train.py: error: {error_line(error)}", file=sys.stderr)
         return 2
+
+
+def error_line(error: BaseException) -> str:
+    """The error's message on one line (a KeyError's without its quotes; an OSError's with its file)."""
+    if isinstance(error, KeyError) and error.args:
+        message = str(error.args[0])
+    elif isinstance(error, OSError) and error.filename is not None and str(error.filename) not in str(error):
+        message = f"{error.filename}: {error.strerror or error}"
+    else:
+        message = str(error) or type(error).__name__
+    return " ".join(message.split())
 
 
 if __name__ == "__main__":

@@ -111,7 +111,10 @@ class TrainConfig:
 
 def _check_data(data: DataConfig) -> None:
     if (data.manifest is None) == (data.phantoms is None):
-        raise ConfigError("config data: give exactly one of data.manifest (a file) or data.phantoms")
+        raise ConfigError(
+            "config data: give exactly one of data.manifest (a file) or data.phantoms "
+            "(a manifest with phantom settings: drop them or set data.phantoms: null)"
+        )
 
 
 def _check_levels(levels: tuple[float, ...]) -> None:

@@ -17,8 +17,8 @@ from numpy.typing import NDArray
 
 from agents.experiments.config import Experiment, LandmarkExperiment, RigidExperiment, SdmExperiment
 from envs import io
-from envs.core import Volume
-from envs.data import Dataset
+from envs.core import Volume, check_image
+from envs.data import SPLITS, Dataset
 from envs.phantom import PhantomConfig, mean_phantom, phantom_dataset, write_phantom_dataset
 from envs.tasks import (
     AlignmentWorld,
@@ -33,6 +33,7 @@ from envs.tasks import (
 
 __all__ = [
     "SdmBundle",
+    "check_cases",
     "evaluation_dataset",
     "make_alignment_world",
     "make_world",
@@ -73,6 +74,37 @@ def prepare_dataset(experiment: Experiment) -> Dataset:
             config = shape_only_config(config)
         write_phantom_dataset(folder, spec.n_train, spec.n_val, spec.n_test, seed=spec.seed, config=config)
     return Dataset.from_manifest(manifest, cache_bytes=cache_bytes)
+
+
+def check_cases(experiment: Experiment, dataset: Dataset) -> None:
+    """Read every case of every split now and refuse the first that cannot be trained on.
+
+    Refused, naming the case and its file: unreadable files, degenerate images (constant, too
+    small for the levels or the observed cube, see :func:`envs.core.check_image`) and data
+    coarser than the finest level. Generated phantoms are skipped (their generator makes them
+    valid). A bad case so costs seconds before training, not a failed validation mid-run.
+    """
+    if experiment.data.manifest is None:
+        return
+    env = experiment.env
+    levels = tuple(env.levels_mm)
+    edge = env.patch_size if isinstance(experiment, LandmarkExperiment) else env.obs_size
+    for split in SPLITS:
+        for case in dataset.split(split):
+            what = f"case {case.case_id!r} ({split}, {case.image})"
+            try:
+                volume = dataset.load(case).volume
+                check_image(volume, what, levels, edge)
+            except (ValueError, OSError) as error:
+                message = str(error)
+                raise ValueError(message if what in message else f"{what}: {message}") from None
+            finest = float(volume.spacing_xyz_mm.min())
+            if levels[-1] < finest * 0.99:
+                raise ValueError(
+                    f"{what}: env.levels_mm: the finest level ({levels[-1]:g} mm) is finer than the "
+                    f"data (spacing {volume.spacing_xyz_mm.round(3).tolist()} mm); "
+                    f"use a finest level >= {finest:.3g} mm"
+                )
 
 
 def validation_split(dataset: Dataset) -> str:

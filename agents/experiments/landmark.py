@@ -6,7 +6,6 @@ millimetres; the model's output order is the run's ``landmarks.json``.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,17 +25,27 @@ from agents.experiments.metrics import metrics_from_rows, summarise_runs
 from agents.experiments.monitor import training_callbacks, write_summary
 from agents.experiments.reports import (
     landmark_markdown,
+    new_folder,
     plot_errors,
     plot_trajectories,
+    prediction_stems,
     volume_stem,
     write_csv,
 )
-from agents.experiments.runs import Run, create_run, new_run_or_nothing, resume_model
+from agents.experiments.runs import (
+    Run,
+    check_run_dir,
+    create_run,
+    json_text,
+    new_run_or_nothing,
+    resume_model,
+    resume_point,
+)
 from agents.experiments.validation import landmark_score, validate
 from agents.search import Detection, OraclePolicy, QNetworkPolicy, detect_landmarks, scored_detections
 from envs import io
 from envs.data import Case, Dataset
-from envs.io.atomic import atomic_write_text
+from envs.io.atomic import atomic_write_text, check_output_folder
 
 __all__ = ["evaluate_landmark_runs", "evaluate_run", "predict", "train_landmark"]
 
@@ -51,9 +60,17 @@ def train_landmark(
     state: dict[str, Any],
     run_dir: Path | None,
 ) -> int:
-    """Train a DQN landmark agent; ``run`` is the run to resume (None: create one at ``run_dir``)."""
-    # worlds: a resumed run keeps its own landmark order (the network's output is tied to it)
-    resumed_names = run.landmark_names() if run is not None else None
+    """Train a DQN landmark agent; ``run`` is the run to resume (None: create one at ``run_dir``).
+
+    A failure or an interrupt before the first checkpoint removes only what this call made
+    (:func:`agents.experiments.runs.new_run_or_nothing`).
+    """
+    if run is None:
+        check_run_dir(run_dir)  # refused now, before the worlds are built
+    # worlds: a resumed run keeps its own landmark order (the network's output is tied to it);
+    # a run killed before it wrote landmarks.json has no checkpoint yet and takes the data's order
+    has_names = run is not None and (run.path / "landmarks.json").is_file()
+    resumed_names = run.landmark_names() if has_names else None
     train_world = make_world(experiment, dataset, "train", augment=True, landmarks=resumed_names)
     names = list(train_world.landmark_names)
     val_split = validation_split(dataset)
@@ -81,8 +98,10 @@ def train_landmark(
     resuming = run is not None
     if run is None:
         run = create_run(experiment, path=run_dir)
-        run.write_landmark_names(names)  # evaluate.py reads the model's landmark order from here
-    with new_run_or_nothing(run, created=not resuming):
+    with new_run_or_nothing(run):
+        if not has_names:
+            run.write_landmark_names(names)  # evaluate.py reads the model's landmark order from here
+        resumed, done_steps = resume_point(run, vec_env) if resuming else (None, 0)
         # model
         model = build_model(
             experiment.agent,
@@ -91,9 +110,8 @@ def train_landmark(
             tensorboard_log=str(run.path / "tb"),
             pose_renderer=train_world.observations_from_poses,
         )
-        done_steps = int(state.get("num_timesteps", 0))
         if resuming:
-            resume_model(model, run, vec_env, done_steps, experiment.agent.learning_starts)
+            resume_model(model, resumed, done_steps, experiment.agent.learning_starts)
         remaining = experiment.train.total_timesteps - done_steps
         if remaining <= 0:
             print(f"train.py: {run.path} already trained {done_steps} steps; nothing to do")
@@ -248,20 +266,25 @@ def evaluate_landmark_runs(
 
     Several runs (training seeds) are also summarised as mean +- std in summary_over_runs.json.
     """
-    per_run: dict[str, dict[str, Any]] = {}
-    for run in runs:
-        began = time.perf_counter()
-        dataset = evaluation_dataset(run.experiment, data)
+    if atlases < 1:
+        raise ValueError(f"--atlases: expected >= 1, got {atlases}")
+    folders = [
+        out / run.path.name if out and len(runs) > 1 else (out or run.path / f"eval-{split}") for run in runs
+    ]
+    for folder in folders:
+        check_output_folder(folder)
+    datasets = [evaluation_dataset(run.experiment, data) for run in runs]
+    for dataset in datasets:
         if not dataset.split(split):
             raise ValueError(f"{dataset.source}: split {split!r} has no cases; choose --split train/val/test")
-        folder = out / run.path.name if out and len(runs) > 1 else (out or run.path / f"eval-{split}")
-        folder.mkdir(parents=True, exist_ok=True)
-        if atlases < 1:
-            raise ValueError(f"--atlases: expected >= 1, got {atlases}")
-        metrics, rows = evaluate_run(run, dataset, split, baseline, folder, gif, atlases)
+    per_run: dict[str, dict[str, Any]] = {}
+    for run, folder, dataset in zip(runs, folders, datasets, strict=True):
+        began = time.perf_counter()
+        with new_folder(folder):  # a failure here removes the folder if this call made it
+            metrics, rows = evaluate_run(run, dataset, split, baseline, folder, gif, atlases)
         per_run[f"{len(per_run)}:{run.path}"] = metrics
         write_csv(folder / "errors.csv", rows)
-        atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(folder / "metrics.json", json_text(metrics))
         table = landmark_markdown(metrics, f"{run.path.name}: split {split} ({dataset.source})")
         atomic_write_text(folder / "metrics.md", table)
         plot_errors(rows, folder / "errors_per_landmark.png")
@@ -273,7 +296,7 @@ def evaluate_landmark_runs(
     if len(runs) > 1:
         summary = summarise_runs(per_run)
         target = out or runs[0].path.parent
-        atomic_write_text(Path(target) / "summary_over_runs.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(Path(target) / "summary_over_runs.json", json_text(summary))
         print(f"### mean ± std over {len(runs)} runs")
         for method, figures in summary.items():
             med, p95 = figures["median_mm"], figures["p95_mm"]
@@ -286,31 +309,51 @@ def evaluate_landmark_runs(
 
 # ---------------------------------------------------------------------- prediction
 def predict(run: Run, volumes: list[Path], out: Path) -> list[Path]:
-    """Detect the run's landmarks on unlabelled volumes and write .fcsv and .mrk.json for 3D Slicer."""
+    """Detect the run's landmarks on unlabelled volumes and write .fcsv and .mrk.json for 3D Slicer.
+
+    One pair of files per input, named by :func:`prediction_stems` (inputs that share a file
+    name keep their folders); files already in ``out`` are never overwritten (refused up front).
+    Every volume is read and checked before the first search. Returns the files written.
+    """
     names = run.landmark_names()
+    for path in volumes:
+        if not path.is_file():
+            raise FileNotFoundError(f"--predict {path}: file not found")
+    stems = prediction_stems(volumes)
+    check_output_folder(out)
+    existing = [out / f"{stem}{suffix}" for stem in stems for suffix in (".fcsv", ".mrk.json")]
+    existing = [path for path in existing if path.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise ValueError(
+            f"--out {out}: {existing[0]} exists{more}; predictions never overwrite files: "
+            "pass another --out or move them away"
+        )
     cases = [
         Case(f"predict_{i:03d}_{volume_stem(path)}", "test", image=path) for i, path in enumerate(volumes)
     ]
-    for path in volumes:
-        if not path.exists():
-            raise FileNotFoundError(f"--predict {path}: file not found")
     dataset = Dataset(cases, source="--predict volumes")
     world = make_world(run.experiment, dataset, "test", augment=False, landmarks=names)
+    variants = []
+    for index, path in enumerate(volumes):
+        try:
+            variants.append(world.variant(index))  # reads and checks the volume before any search
+        except ValueError as error:
+            raise ValueError(f"--predict {path}: {error}") from None
     policy = QNetworkPolicy(load_policy(run.policy_path(), (world.observation_space(), ACTIONS)))
     written = []
-    for index, path in enumerate(volumes):
-        variant = world.variant(index)
+    for index, (path, stem, variant) in enumerate(zip(volumes, stems, variants, strict=True)):
         detections = detect_landmarks(world, variant, policy, config=run.experiment.search, seed=index)
         points = {name: d.position_lps_mm for name, d in detections.items() if d.found}
         if not points:
             print(f"evaluate.py: {path}: no landmark found in the field of view", file=sys.stderr)
             continue
         for suffix in (".fcsv", ".mrk.json"):
-            written.append(io.write_landmarks(points, out / f"{volume_stem(path)}{suffix}"))
+            written.append(io.write_landmarks(points, out / f"{stem}{suffix}"))
         for name, d in detections.items():
             state = "found" if d.found else "NOT FOUND"
             print(
-                f"{volume_stem(path)}: {name}: {state} at LPS {np.round(d.position_lps_mm, 1).tolist()} "
+                f"{stem}: {name}: {state} at LPS {np.round(d.position_lps_mm, 1).tolist()} "
                 f"(confidence {d.confidence:.2f})"
             )
     return written

@@ -8,6 +8,9 @@ mapping before it is checked. :func:`to_mapping` gives the plain form written to
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -28,6 +31,9 @@ __all__ = ["apply_overrides", "experiment_from_mapping", "from_mapping", "load_e
 
 T = TypeVar("T")
 
+# A number in any YAML 1.1 / 1.2 spelling that safe_load (YAML 1.1) leaves as text: 3e-4, 1E5, +2e5, 1_000.5
+_NUMBER = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?")
+
 _EXPERIMENTS: dict[str, type] = {
     "landmark": LandmarkExperiment,
     "rigid": RigidExperiment,
@@ -35,8 +41,24 @@ _EXPERIMENTS: dict[str, type] = {
 }
 
 
+def _number(value: Any) -> Any:
+    """``value`` as a float when it is text spelling a number (YAML 1.2 reads ``3e-4`` as one)."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value.strip().replace("_", ""))
+    return value
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(str(text).split())
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """``value`` as type ``tp`` (the field's annotation); ``key`` names it in errors."""
+    if tp is int or tp is float:
+        value = _number(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config {key}: expected a finite number, got {value!r}")
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -129,7 +151,7 @@ def apply_overrides(mapping: dict[str, Any], overrides: list[str]) -> dict[str, 
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to a copy of a nested mapping."""
     result = yaml.safe_load(yaml.safe_dump(mapping))  # deep copy of plain data
     for override in overrides:
-        if "=" not in override:
+        if "=" not in override or not override.split("=", 1)[0].strip():
             raise ConfigError(
                 f"--set {override!r}: expected key=value, e.g. --set train.total_timesteps=20000"
             )
@@ -143,7 +165,10 @@ def apply_overrides(mapping: dict[str, Any], overrides: list[str]) -> dict[str, 
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {dotted}: {key!r} is not a section")
             node = child
-        node[keys[-1]] = yaml.safe_load(raw)
+        try:
+            node[keys[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {dotted}: not valid YAML: {raw!r} ({one_line(error)})") from None
     return result
 
 
@@ -159,7 +184,9 @@ def load_experiment(path: str | Path | None, overrides: list[str] | None = None)
         try:
             loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
-            raise ConfigError(f"config {file}: not valid YAML ({error})") from None
+            raise ConfigError(f"config {file}: not valid YAML ({one_line(error)})") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"config {file}: cannot be read as UTF-8 text ({one_line(error)})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -168,7 +195,25 @@ def load_experiment(path: str | Path | None, overrides: list[str] | None = None)
             )
         mapping = loaded
     mapping = apply_overrides(mapping, overrides or [])
+    _switch_data_source(mapping, overrides or [])
     return experiment_from_mapping(mapping)
+
+
+def _switch_data_source(mapping: dict[str, Any], overrides: list[str]) -> None:
+    """``--set data.manifest=FILE`` on a phantom config replaces the phantoms (and vice versa).
+
+    Only when the overrides name one source and not the other: a file giving both stays an error.
+    """
+    keys = {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
+    data = mapping.get("data")
+    if not isinstance(data, dict):
+        return
+    sets_manifest = "data.manifest" in keys and data.get("manifest") is not None
+    sets_phantoms = any(k == "data.phantoms" or k.startswith("data.phantoms.") for k in keys)
+    if sets_manifest and not sets_phantoms:
+        data["phantoms"] = None
+    elif sets_phantoms and "data.manifest" not in keys and data.get("phantoms") is not None:
+        data["manifest"] = None
 
 
 def experiment_from_mapping(mapping: dict[str, Any]) -> Experiment:
@@ -178,4 +223,55 @@ def experiment_from_mapping(mapping: dict[str, Any]) -> Experiment:
         raise ConfigError(f"config task: expected one of {list(TASKS)}, got {task!r}")
     if "data" in mapping and isinstance(mapping["data"], dict) and "manifest" in mapping["data"]:
         mapping["data"].setdefault("phantoms", None)
-    return from_mapping(_EXPERIMENTS[task], mapping)
+    experiment = from_mapping(_EXPERIMENTS[task], mapping)
+    check_memory(experiment)
+    return experiment
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / (1 << 30):,.1f} GiB"
+
+
+def training_bytes(experiment: Experiment, size: int | None = None) -> int:
+    """A rough estimate of the memory (bytes) one training step needs at observation edge ``size``.
+
+    Counts the float32 batch of observations and the first conv layer's activations (forward,
+    backward and the target network: x3), and for ``agent.replay: sb3`` the stored uint8
+    observations (this and the next of every transition).
+    """
+    agent = experiment.agent
+    if isinstance(experiment, LandmarkExperiment):
+        edge, channels = experiment.env.patch_size, experiment.env.frames
+    else:
+        edge, channels = experiment.env.obs_size, 2
+    edge = edge if size is None else size
+    voxels = channels * edge**3
+    first = agent.channels[0] * math.ceil(edge / agent.strides[0]) ** 3 if agent.channels else 0
+    batch = agent.batch_size + experiment.env.n_envs
+    total = 3 * 4 * batch * (voxels + first)
+    if agent.replay == "sb3":
+        total += 2 * agent.buffer_size * voxels
+    return total
+
+
+def check_memory(experiment: Experiment) -> None:
+    """Refuse, up front and with an estimate, an observation size that cannot fit in this machine's memory."""
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    needed = training_bytes(experiment)
+    if needed <= available // 2:
+        return
+    key = "env.patch_size" if isinstance(experiment, LandmarkExperiment) else "env.obs_size"
+    edge = (
+        experiment.env.patch_size if isinstance(experiment, LandmarkExperiment) else experiment.env.obs_size
+    )
+    largest = edge
+    while largest > 5 and training_bytes(experiment, largest) > available // 2:
+        largest = int(largest * 0.9) | 1  # odd: patches are centred
+    raise ConfigError(
+        f"config {key}: {edge} needs about {_gib(needed)} of memory to train (batch "
+        f"{experiment.agent.batch_size} + {experiment.env.n_envs} envs, replay {experiment.agent.replay}); "
+        f"this machine has {_gib(available)}: use {key} <= {largest} or a smaller agent.batch_size"
+    )

@@ -9,7 +9,6 @@ DQN / Double DQN on the registration env; both share the callbacks of
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -37,14 +36,28 @@ from agents.experiments.data import (
 )
 from agents.experiments.monitor import training_callbacks, write_summary
 from agents.experiments.registration_eval import evaluate_rigid, evaluate_sdm
-from agents.experiments.reports import markdown_table, overlay_png, plot_success, volume_stem, write_csv
-from agents.experiments.runs import Run, create_run, new_run_or_nothing, resume_model
+from agents.experiments.reports import (
+    markdown_table,
+    overlay_png,
+    plot_success,
+    volume_stem,
+    write_csv,
+)
+from agents.experiments.runs import (
+    Run,
+    check_run_dir,
+    create_run,
+    json_text,
+    new_run_or_nothing,
+    resume_model,
+    resume_point,
+)
 from agents.experiments.validation import alignment_score, validate_alignment
 from agents.greedy import GreedyConfig, GreedyTrainer
 from agents.search import QNetworkPolicy, register, write_registration
 from envs import io
 from envs.data import Dataset
-from envs.io.atomic import atomic_write_text
+from envs.io.atomic import atomic_write_text, check_output_folder
 from envs.phantom import phantom_dataset
 from envs.tasks import AlignmentWorld, DeformableRegistrationEnv, RigidRegistrationEnv
 
@@ -61,7 +74,13 @@ def train_registration(
     state: dict[str, Any],
     run_dir: Path | None,
 ) -> int:
-    """Train a registration agent; ``run`` is the run to resume (None: create one at ``run_dir``)."""
+    """Train a registration agent; ``run`` is the run to resume (None: create one at ``run_dir``).
+
+    A failure or an interrupt before the first checkpoint removes only what this call made
+    (:func:`agents.experiments.runs.new_run_or_nothing`).
+    """
+    if run is None:
+        check_run_dir(run_dir)  # refused now, before the pairs are built
     # the SDM task's model and atlas (a resumed run keeps its own model)
     bundle = None
     if isinstance(experiment, SdmExperiment):
@@ -84,10 +103,11 @@ def train_registration(
     resuming = run is not None
     if run is None:
         run = create_run(experiment, path=run_dir)
-        if bundle is not None:
-            bundle.sdm.save(run.path / "sdm.npz")
-    with new_run_or_nothing(run, created=not resuming):
-        done_steps = int(state.get("num_timesteps", 0))
+    with new_run_or_nothing(run):
+        if bundle is not None and not (run.path / "sdm.npz").is_file():
+            bundle.sdm.save(run.path / "sdm.npz")  # a run killed before this has no checkpoint yet
+        spaces = (train_world.observation_space(), gym.spaces.Discrete(train_world.n_actions))
+        resumed, done_steps = resume_point(run, spaces) if resuming else (None, 0)
         remaining = experiment.train.total_timesteps - done_steps
         if remaining <= 0:
             print(f"train.py: {run.path} already trained {done_steps} steps; nothing to do")
@@ -103,9 +123,9 @@ def train_registration(
         )
         began = time.perf_counter()
         if experiment.agent.algorithm == "greedy":
-            num_timesteps = _learn_greedy(experiment, run, resuming, train_world, callbacks, done_steps)
+            num_timesteps = _learn_greedy(experiment, run, resumed, train_world, callbacks, done_steps)
         else:
-            num_timesteps = _learn_dqn(experiment, run, resuming, train_world, callbacks, done_steps)
+            num_timesteps = _learn_dqn(experiment, run, resumed, train_world, callbacks, done_steps)
         minutes = (time.perf_counter() - began) / 60.0
         rate = write_summary(run, validation, num_timesteps, done_steps, minutes)
         print(
@@ -127,17 +147,19 @@ class _GreedyModel:
 def _learn_greedy(
     experiment: AlignmentExperiment,
     run: Run,
-    resuming: bool,
+    resumed: Any,
     train_world: AlignmentWorld,
     callbacks: CallbackList,
     done_steps: int,
 ) -> int:
-    """Liao et al.'s supervised greedy learner, driving the callbacks by hand; returns the samples done."""
+    """Liao et al.'s supervised greedy learner, driving the callbacks by hand; returns the samples done.
+
+    ``resumed`` is the policy to continue from (None: start afresh).
+    """
     config = experiment.agent
     policy = build_policy(config, train_world.observation_space(), gym.spaces.Discrete(train_world.n_actions))
-    if resuming and run.latest_policy.is_file():
-        loaded = load_policy(run.latest_policy, (policy.observation_space, policy.action_space))
-        policy.q_net.load_state_dict(loaded.q_net.state_dict())
+    if resumed is not None:
+        policy.q_net.load_state_dict(resumed.q_net.state_dict())
     trainer = GreedyTrainer.from_config(
         policy, train_world, GreedyConfig.from_agent_config(config), seed=experiment.seed
     )
@@ -166,7 +188,7 @@ def _learn_greedy(
 def _learn_dqn(
     experiment: AlignmentExperiment,
     run: Run,
-    resuming: bool,
+    resumed: Any,
     train_world: AlignmentWorld,
     callbacks: CallbackList,
     done_steps: int,
@@ -189,14 +211,13 @@ def _learn_dqn(
         tensorboard_log=str(run.path / "tb"),
         pose_renderer=train_world.observations_from_poses,
     )
-    if resuming:
-        resume_model(model, run, vec_env, done_steps, experiment.agent.learning_starts)
+    resume_model(model, resumed, done_steps, experiment.agent.learning_starts)
     print(f"train.py: {env_id} with {experiment.agent.algorithm} DQN")
     model.learn(
         experiment.train.total_timesteps - done_steps,
         callback=callbacks,
         progress_bar=experiment.train.progress_bar,
-        reset_num_timesteps=not resuming,
+        reset_num_timesteps=resumed is None,
         tb_log_name="dqn",
     )
     vec_env.close()
@@ -239,6 +260,10 @@ def evaluate_registration_run(
         raise ValueError(
             "--baseline elastix: the itk-elastix package is not installed; pip install itk-elastix==0.25.4"
         )
+    if png < 0:
+        raise ValueError(f"--png: expected >= 0, got {png}")
+    if not register_volumes:
+        check_output_folder(out or run.path / f"eval-{split}")
     policy_path = run.policy_path()
     if register_volumes and data is None:
         # Registering given files needs the run's settings, not its data set: a lazy phantom
@@ -286,7 +311,7 @@ def evaluate_registration_run(
             experiment, policy, dataset, split, bundle, baselines=baselines, on_result=on_result
         )
     write_csv(out / "registrations.csv", rows)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json_text(metrics))
     table = markdown_table(metrics, f"{run.path.name}: split {split} ({dataset.source})")
     atomic_write_text(out / "metrics.md", table)
     plot = plot_success(metrics, out / "success_vs_misalignment.png")
@@ -306,11 +331,11 @@ def register_files(
     volumes: Sequence[Path],
     out: Path | None,
 ) -> int:
-    """Register MOVING to FIXED (rigid: two files; sdm: the fixed one, the atlas moves); write the results."""
-    world = make_alignment_world(experiment, dataset, "train", training=False, bundle=bundle)
-    policy = QNetworkPolicy(
-        load_policy(policy_path, (world.observation_space(), gym.spaces.Discrete(world.n_actions)))
-    )
+    """Register MOVING to FIXED (rigid: two files; sdm: the fixed one, the atlas moves); write the results.
+
+    The files, the output folder (never a file, and nothing in it overwritten) and the volumes
+    (not constant, not too small for the world) are checked before the search.
+    """
     rigid = isinstance(experiment, RigidExperiment)
     expected = 2 if rigid else 1
     if len(volumes) != expected:
@@ -318,10 +343,29 @@ def register_files(
             f"--register: expected {'FIXED MOVING' if rigid else 'FIXED'} ({expected} file(s)), "
             f"got {len(volumes)}"
         )
-    fixed = io.read_volume(volumes[0])
-    moving = io.read_volume(volumes[1]) if rigid else None
-    answer, result = register(fixed, moving, policy, world)
     out = out or run.path / "registrations" / volume_stem(volumes[0])
+    check_output_folder(out)
+    names = ("transform.tfm", "displacement.nii.gz", "warped.nii.gz", "warped_labels.nii.gz")
+    existing = [out / name for name in (*names, "trajectory.csv") if (out / name).exists()]
+    if existing:
+        raise ValueError(
+            f"--out {out}: {existing[0]} exists; registrations never overwrite files: "
+            "pass another --out or move them away"
+        )
+    world = make_alignment_world(experiment, dataset, "train", training=False, bundle=bundle)
+    images = []
+    for role, path in zip(("fixed", "moving"), volumes, strict=False):
+        image = io.read_volume(path)
+        try:
+            world.check_resolution(image, f"the {role} volume")
+        except ValueError as error:
+            raise ValueError(f"--register {path}: {error}") from None
+        images.append(image)
+    fixed, moving = images[0], images[1] if rigid else None
+    policy = QNetworkPolicy(
+        load_policy(policy_path, (world.observation_space(), gym.spaces.Discrete(world.n_actions)))
+    )
+    answer, result = register(fixed, moving, policy, world)
     written = write_registration(
         out,
         fixed,

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import csv
 import io as text_io
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,12 @@ from envs.tasks import UNIT, AlignmentPair, AlignmentWorld, LandmarkWorld
 __all__ = [
     "landmark_markdown",
     "markdown_table",
+    "new_folder",
     "overlay_png",
     "plot_errors",
     "plot_success",
     "plot_trajectories",
+    "prediction_stems",
     "volume_stem",
     "write_csv",
     "write_gif",
@@ -38,6 +44,46 @@ def volume_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+@contextmanager
+def new_folder(path: Path) -> Iterator[Path]:
+    """Make ``path`` (and missing parents); if the block fails, remove only what this call made.
+
+    A folder that existed before is left as it was, whatever the block wrote into it.
+    """
+    path = Path(path)
+    missing = path
+    while not missing.parent.exists() and missing.parent != missing.parent.parent:
+        missing = missing.parent
+    created = None if path.exists() else missing
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def prediction_stems(volumes: list[Path]) -> list[str]:
+    """One output name (without suffix) per input volume, never two alike.
+
+    File stems when they differ (``ct.nii.gz`` -> ``ct``); otherwise the inputs' folders below
+    their common folder are kept (``a/ct.nii.gz``, ``b/ct.nii.gz`` -> ``a/ct``, ``b/ct``).
+    The same file given twice raises ``ValueError``.
+    """
+    resolved = [Path(os.path.abspath(p)) for p in volumes]
+    seen: dict[Path, Path] = {}
+    for given, path in zip(volumes, resolved, strict=True):
+        if path in seen:
+            raise ValueError(f"--predict {given}: given twice (as {seen[path]}); pass each volume once")
+        seen[path] = given
+    stems = [volume_stem(p) for p in resolved]
+    if len(set(stems)) == len(stems):
+        return stems
+    common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    return [(p.parent.relative_to(common) / volume_stem(p)).as_posix() for p in resolved]
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

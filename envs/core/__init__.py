@@ -14,6 +14,7 @@ from envs.core.body import (
     body_centre_zyx,
     body_mask,
     body_threshold,
+    check_image,
     control_points,
     start_candidates,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "body_mask",
     "body_threshold",
     "build_pyramid",
+    "check_image",
     "compose_rigid",
     "control_points",
     "crop_patch",

@@ -17,9 +17,39 @@ __all__ = [
     "body_centre_zyx",
     "body_mask",
     "body_threshold",
+    "check_image",
     "control_points",
     "start_candidates",
 ]
+
+
+def check_image(volume: Volume, what: str, levels_mm: tuple[float, ...], edge_vox: int | None = None) -> None:
+    """Raise ``ValueError`` naming ``what`` and the reason when ``volume`` cannot be searched.
+
+    Refused: a constant image (nothing to see: all-zero, all-air), an image with fewer than two
+    voxels per axis at the coarsest level ``levels_mm[0]``, or, with ``edge_vox``, one whose
+    extent along an axis is under half the observed cube (``edge_vox`` voxels at the finest level).
+    """
+    voxels = volume.voxels
+    low, high = voxels.min(), voxels.max()
+    if low == high:
+        raise ValueError(
+            f"{what} is constant (every voxel {float(low):g}): there is nothing to search in it; "
+            "check that the file holds the image"
+        )
+    extent = [
+        round(float(n) * float(s), 1)
+        for n, s in zip(volume.shape_zyx[::-1], volume.spacing_xyz_mm, strict=True)
+    ]
+    needed = 2.0 * float(levels_mm[0])
+    if edge_vox is not None:
+        needed = max(needed, 0.5 * edge_vox * float(levels_mm[-1]))
+    if min(extent) < needed:
+        raise ValueError(
+            f"{what} is too small: it covers {extent} mm (x, y, z) but the search needs >= {needed:g} mm "
+            f"per axis (two voxels at the coarsest level {levels_mm[0]:g} mm"
+            + (f", half of the {edge_vox}-voxel cube at {levels_mm[-1]:g} mm)" if edge_vox else ")")
+        )
 
 
 def body_threshold(voxels: NDArray) -> float:

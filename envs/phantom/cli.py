@@ -6,7 +6,9 @@ Case ``phantom_<i>`` uses phantom seed ``SEED + i``; splits are a seeded shuffle
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,12 +80,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m envs.phantom --out DIR --n N --seed S [...]``; returns the exit code."""
     args = _parse_args(argv)
     out: Path = args.out
+    created = _missing_folders(out)
     try:
+        _check_writable(out)
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        print(f"python -m envs.phantom: error: --out {out}: cannot create folder ({error})", file=sys.stderr)
+        reason = error.strerror or " ".join(str(error).split())
+        print(f"python -m envs.phantom: error: --out {out}: cannot write there ({reason})", file=sys.stderr)
         return 2
     splits = _splits(args.n, args.val_fraction, args.test_fraction, args.seed)
     cases = [(f"phantom_{index:03d}", splits[index], args.seed + index) for index in range(args.n)]
-    write_phantom_cases(out, cases, args.config)
+    try:
+        write_phantom_cases(out, cases, args.config)
+    except OSError as error:
+        if created:  # only folders this call made are removed: nothing of the user's
+            shutil.rmtree(created[-1], ignore_errors=True)
+        reason = error.strerror or " ".join(str(error).split())
+        print(f"python -m envs.phantom: error: --out {out}: writing failed ({reason})", file=sys.stderr)
+        return 2
     return 0
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders of ``path`` that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _check_writable(out: Path) -> None:
+    """Raise ``OSError`` unless a file can be made in ``out`` (if missing: its nearest existing folder)."""
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(20, f"{probe} is a file", str(probe))
+    with tempfile.TemporaryFile(dir=probe):
+        pass

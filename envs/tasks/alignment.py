@@ -29,6 +29,7 @@ from envs.tasks.base import (
     OscillationTracker,
     TaskEnv,
     TaskWorld,
+    check_action,
     check_render_mode,
     check_schedule,
     pack_pose,
@@ -240,6 +241,7 @@ class AlignmentEnv(TaskEnv):
         self.render_mode = render_mode
         self.observation_space = world.observation_space()
         self.action_space = spaces.Discrete(world.n_actions)
+        self._n_actions = world.n_actions
         self._pair: AlignmentPair | None = None
         self._pair_index = 0
         self._level = 0
@@ -309,7 +311,9 @@ class AlignmentEnv(TaskEnv):
         if self._pair is None:
             raise RuntimeError("step() called before reset()")
         previous_pose = self._pose
-        index, delta = self.world.action_delta(int(action), self._level)
+        if not (type(action) is int and 0 <= action < self._n_actions):
+            action = check_action(action, self._n_actions)
+        index, delta = self.world.action_delta(action, self._level)
         params = self._params.copy()
         params[index] += delta
         before = self._error

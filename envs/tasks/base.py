@@ -9,6 +9,7 @@ int32 pose (from which the world rebuilds observations exactly) and detect oscil
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Sequence
 from itertools import pairwise
@@ -18,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from envs.core import PRESETS, Volume, preset_for
+from envs.core import PRESETS, Volume, check_image, preset_for
 from envs.data import Dataset, Subject
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "OscillationTracker",
     "TaskEnv",
     "TaskWorld",
+    "check_action",
     "check_levels",
     "check_preset",
     "check_render_mode",
@@ -46,6 +48,20 @@ OSCILLATION_WINDOW = 4
 
 
 # ---------------------------------------------------------------------- argument checks
+def check_action(action: Any, n_actions: int) -> int:
+    """``action`` as a Python int after checking it is an integer in ``0..n_actions-1``.
+
+    The envs' step calls this only when their fast lookup fails, so a valid action costs nothing.
+    """
+    try:
+        value = operator.index(action)  # ints and numpy integers (also 0-d integer arrays)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value < n_actions:
+        raise ValueError(f"step: expected an integer action in 0..{n_actions - 1}, got {action!r}")
+    return value
+
+
 def check_levels(levels_mm: Sequence[float]) -> tuple[float, ...]:
     """``levels_mm`` as floats, after checking they are positive and go from coarse to fine."""
     levels = tuple(float(s) for s in levels_mm)
@@ -135,7 +151,12 @@ class TaskWorld:
         return self.preset or preset_for(subject.case.modality)
 
     def check_resolution(self, volume: Volume, what: str) -> None:
-        """Raise if the finest level is finer than ``volume``'s finest spacing (1 % tolerance)."""
+        """Raise if ``volume`` is degenerate (:func:`envs.core.check_image`: constant, or too small
+        for the levels or the observed cube) or the finest level is finer than its finest spacing
+        (1 % tolerance)."""
+        check_image(
+            volume, what, self.levels_mm, getattr(self, "patch_size", getattr(self, "obs_size", None))
+        )
         finest = float(volume.spacing_xyz_mm.min())
         if self.levels_mm[-1] < finest * 0.99:
             raise ValueError(

@@ -19,6 +19,7 @@ from envs.phantom import LANDMARK_NAMES, phantom_dataset
 from envs.tasks.base import (
     OscillationTracker,
     TaskEnv,
+    check_action,
     check_render_mode,
     check_schedule,
     pack_pose,
@@ -35,7 +36,10 @@ ACTIONS_ZYX: NDArray[np.int64] = np.array(
     [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.int64
 )
 ACTION_NAMES: tuple[str, ...] = ("superior", "inferior", "posterior", "anterior", "left", "right")
-_ACTION_TUPLES: tuple[tuple[int, int, int], ...] = tuple(tuple(int(v) for v in row) for row in ACTIONS_ZYX)
+# Keyed by action: the lookup is the range check (a miss is a bad action), so a step costs no test.
+_ACTION_MOVES: dict[int, tuple[int, int, int]] = {
+    i: tuple(int(v) for v in row) for i, row in enumerate(ACTIONS_ZYX)
+}
 _RESET_OPTIONS = ("case_id", "landmark", "level", "position_lps_mm")
 
 
@@ -216,7 +220,10 @@ class LandmarkEnv(TaskEnv):
         if self._variant is None:
             raise RuntimeError("step() called before reset()")
         previous_pose = self._pose
-        dz, dy, dx = _ACTION_TUPLES[int(action)]
+        try:
+            dz, dy, dx = _ACTION_MOVES[action]
+        except (KeyError, TypeError):
+            dz, dy, dx = _ACTION_MOVES[check_action(action, len(_ACTION_MOVES))]
         z, y, x = self._position_tuple
         candidate = (z + dz, y + dy, x + dx)
         depth, height, width = self._shape

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -280,23 +282,45 @@ class StatisticalDeformationModel:
                     key: data[key]
                     for key in ("mean", "modes", "std_mm", "explained_variance_ratio", "origin_lps_mm")
                 }
-        except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"SDM file {path}: not a medgym SDM file ({error})") from None
-        if header.get("format") != SDM_FORMAT or header.get("version") != SDM_VERSION:
-            raise ValueError(f"SDM file {path}: expected format {SDM_FORMAT} v{SDM_VERSION}, got {header}")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise ValueError(
+                f"SDM file {path}: not a medgym SDM file or not readable ({reason}); save one with "
+                "StatisticalDeformationModel.save"
+            ) from None
+        known = isinstance(header, dict) and header.get("format") == SDM_FORMAT
+        if not known or header.get("version") != SDM_VERSION:
+            raise ValueError(
+                f"SDM file {path}: expected format {SDM_FORMAT} v{SDM_VERSION}, got {header!r:.200}"
+            )
         mean, modes = arrays["mean"], arrays["modes"]
-        if mean.ndim != 4 or mean.shape[-1] != 3 or modes.shape[1:] != mean.shape:
+        if mean.ndim != 4 or mean.shape[-1] != 3 or modes.ndim != 5 or modes.shape[1:] != mean.shape:
             raise ValueError(
                 f"SDM file {path}: mean {mean.shape} and modes {modes.shape} do not fit together"
             )
+        k = modes.shape[0]
+        if arrays["std_mm"].shape != (k,) or arrays["origin_lps_mm"].shape != (3,):
+            raise ValueError(
+                f"SDM file {path}: std_mm {arrays['std_mm'].shape} and origin_lps_mm "
+                f"{arrays['origin_lps_mm'].shape} do not fit {k} modes and 3-D points"
+            )
+        for key, array in arrays.items():
+            if not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
+                raise ValueError(f"SDM file {path}: {key} holds non-finite or non-numeric values")
+        try:
+            spacing, n_fields = float(header["spacing_mm"]), int(header["n_fields"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"SDM file {path}: header lacks a valid {error}") from None
+        if not spacing > 0:
+            raise ValueError(f"SDM file {path}: spacing_mm must be > 0, got {spacing}")
         return cls(
             mean=mean.astype(np.float32),
             modes=modes.astype(np.float32),
             std_mm=arrays["std_mm"].astype(np.float64),
             explained_variance_ratio=arrays["explained_variance_ratio"].astype(np.float64),
             origin_lps_mm=arrays["origin_lps_mm"].astype(np.float64),
-            spacing_mm=float(header["spacing_mm"]),
-            n_fields=int(header["n_fields"]),
+            spacing_mm=spacing,
+            n_fields=n_fields,
             source=str(header.get("source", "")),
         )
 
