@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from scripts_support import LANDMARK_CONFIG, config_args, evaluate_main, tiny_landmark, train_main
 
 from agents.experiments import (
     ConfigError,
@@ -22,56 +21,9 @@ from agents.experiments import (
 from agents.experiments import monitor as monitor_module
 from envs import io
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _script(name: str, argv: list[str]) -> int:
-    """Run ``python NAME ARGV...`` in-process (nothing imports the scripts); returns the exit status."""
-    saved = sys.argv
-    sys.argv = [name, *argv]
-    try:
-        runpy.run_path(str(ROOT / name), run_name="__main__")
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = saved
-    return 0
-
-
-def train_main(argv: list[str]) -> int:
-    return _script("train.py", argv)
-
-
-def evaluate_main(argv: list[str]) -> int:
-    return _script("evaluate.py", argv)
-
-
-TINY = [
-    "data.phantoms.n_train=2",
-    "data.phantoms.n_val=1",
-    "data.phantoms.n_test=1",
-    "train.total_timesteps=400",
-    "train.eval_every_steps=200",
-    "train.checkpoint_every_steps=200",
-    "train.progress_bar=false",
-    "agent.learning_starts=100",
-    "agent.buffer_size=1000",
-    "agent.channels=[4, 8]",
-    "agent.kernel_sizes=[5, 3]",
-    "agent.strides=[2, 2]",
-    "agent.features_dim=32",
-    "agent.net_arch=[32]",
-    "augment.variants_per_case=1",
-    "env.patch_size=15",
-]
-
 
 def _args(cache: Path, *extra: str) -> list[str]:
-    sets = [*TINY, f"data.phantoms.cache_dir={cache}", *extra]
-    return [
-        "configs/landmark_phantom.yaml",
-        *(item for pair in (("--set", s) for s in sets) for item in pair),
-    ]
+    return config_args(LANDMARK_CONFIG, [*tiny_landmark(), f"data.phantoms.cache_dir={cache}", *extra])
 
 
 @pytest.fixture(scope="module")

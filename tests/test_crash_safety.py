@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import pickle
 import random
 import shutil
@@ -22,30 +21,13 @@ import gymnasium as gym
 import pytest
 import torch
 import yaml
+from scripts_support import LANDMARK_CONFIG, PROCESS_ENV, ROOT, config_args, tiny_landmark
 
 from agents.checkpoints import load_policy, read_checkpoint
 from agents.experiments import make_world, open_run, prepare_dataset
 
-ROOT = Path(__file__).resolve().parent.parent
 TOTAL = 1000
-TINY = [
-    "data.phantoms.n_train=2",
-    "data.phantoms.n_val=1",
-    "data.phantoms.n_test=1",
-    f"train.total_timesteps={TOTAL}",
-    "train.eval_every_steps=150",
-    "train.checkpoint_every_steps=100",
-    "train.progress_bar=false",
-    "agent.learning_starts=50",
-    "agent.buffer_size=1000",
-    "agent.channels=[4, 8]",
-    "agent.kernel_sizes=[5, 3]",
-    "agent.strides=[2, 2]",
-    "agent.features_dim=32",
-    "agent.net_arch=[32]",
-    "augment.variants_per_case=1",
-    "env.patch_size=15",
-]
+TINY = tiny_landmark(TOTAL, eval_every_steps=150, checkpoint_every_steps=100, learning_starts=50)
 KILLS = 3
 ACTIONS = gym.spaces.Discrete(6)  # the landmark task's six moves
 
@@ -65,7 +47,7 @@ def _steps(run: Path) -> int:
 
 
 def _start(argv: list[str], log: Path) -> subprocess.Popen:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    environment = PROCESS_ENV
     with log.open("a") as stream:
         return subprocess.Popen(
             [sys.executable, str(ROOT / "train.py"), *argv],
@@ -90,7 +72,7 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     folder = tmp_path_factory.mktemp("crash")
     cache, run, log = folder / "phantoms", folder / "run", folder / "train.log"
     sets = [*TINY, f"data.phantoms.cache_dir={cache}"]
-    new_run = [str(ROOT / "configs/landmark_phantom.yaml"), *(x for s in sets for x in ("--set", s))]
+    new_run = config_args(LANDMARK_CONFIG, sets)
     rng = random.Random(9)
     killed_at: list[int] = []
     for kill in range(KILLS):
@@ -150,7 +132,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--resume", str(run)],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        env=PROCESS_ENV,
         capture_output=True,
         text=True,
         timeout=300,

@@ -8,63 +8,25 @@ what it can: the same steps, the same schedule, identical numbers up to the chec
 from __future__ import annotations
 
 import csv
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from scripts_support import LANDMARK_CONFIG, config_args, tiny_landmark, train_main
 
 from agents.baselines import AtlasConfig, RigidBaselineConfig, atlas_transfer, rigid_baseline
 from agents.experiments import monitor as monitor_module
 from envs.phantom import PhantomConfig, generate_phantom
 
-ROOT = Path(__file__).resolve().parent.parent
 TOTAL = 192  # a multiple of the 8 envs, like the validation period
-TINY = [
-    "data.phantoms.n_train=2",
-    "data.phantoms.n_val=1",
-    "data.phantoms.n_test=1",
-    f"train.total_timesteps={TOTAL}",
-    "train.eval_every_steps=96",
-    "train.checkpoint_every_steps=96",
-    "train.progress_bar=false",
-    "agent.learning_starts=40",
-    "agent.buffer_size=1000",
-    "agent.channels=[4, 8]",
-    "agent.kernel_sizes=[5, 3]",
-    "agent.strides=[2, 2]",
-    "agent.features_dim=32",
-    "agent.net_arch=[32]",
-    "augment.variants_per_case=1",
-    "env.patch_size=15",
-]
+TINY = tiny_landmark(TOTAL, eval_every_steps=96, checkpoint_every_steps=96, learning_starts=40)
 # wall-clock columns of validation.csv; every other column must match exactly
 CLOCK = {"minutes", "steps_per_s", "validation_s"}
 
 
-def train_main(argv: list[str]) -> int:
-    """``python train.py ARGV`` in-process; returns the exit status (nothing imports the script)."""
-    saved = sys.argv
-    sys.argv = ["train.py", *argv]
-    try:
-        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = saved
-    return 0
-
-
 def _new_run(cache: Path, run: Path) -> list[str]:
-    sets = [*TINY, f"data.phantoms.cache_dir={cache}"]
-    return [
-        str(ROOT / "configs/landmark_phantom.yaml"),
-        *(x for s in sets for x in ("--set", s)),
-        "--run-dir",
-        str(run),
-    ]
+    return [*config_args(LANDMARK_CONFIG, [*TINY, f"data.phantoms.cache_dir={cache}"]), "--run-dir", str(run)]
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:

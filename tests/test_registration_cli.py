@@ -3,40 +3,15 @@
 from __future__ import annotations
 
 import json
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scripts_support import evaluate_main, train_main
 
 from agents.experiments import ConfigError, RigidExperiment, SdmExperiment, load_experiment
 from envs import io
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _script(name: str, argv: list[str]) -> int:
-    """Run ``python NAME ARGV...`` in-process (nothing imports the scripts); returns the exit status."""
-    saved = sys.argv
-    sys.argv = [name, *argv]
-    try:
-        runpy.run_path(str(ROOT / name), run_name="__main__")
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = saved
-    return 0
-
-
-def train_main(argv: list[str]) -> int:
-    return _script("train.py", argv)
-
-
-def evaluate_main(argv: list[str]) -> int:
-    return _script("evaluate.py", argv)
-
 
 NETWORK = [
     "agent.channels=[4, 8]",

@@ -6,8 +6,6 @@ SIGTERM) before its first checkpoint, and checks that the user's things are unto
 
 from __future__ import annotations
 
-import os
-import runpy
 import signal
 import subprocess
 import sys
@@ -15,48 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from scripts_support import LANDMARK_CONFIG, PROCESS_ENV, ROOT, config_args, tiny_landmark, train_main
 
 from agents.experiments import landmark as landmark_module
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = str(ROOT / "configs" / "landmark_phantom.yaml")
-
-TINY = [
-    "data.phantoms.n_train=2",
-    "data.phantoms.n_val=1",
-    "data.phantoms.n_test=1",
-    "train.total_timesteps=400",
-    "train.eval_every_steps=200",
-    "train.checkpoint_every_steps=200",
-    "train.progress_bar=false",
-    "agent.learning_starts=100",
-    "agent.buffer_size=1000",
-    "agent.channels=[4, 8]",
-    "agent.kernel_sizes=[5, 3]",
-    "agent.strides=[2, 2]",
-    "agent.features_dim=32",
-    "agent.net_arch=[32]",
-    "augment.variants_per_case=1",
-    "env.patch_size=15",
-]
-
 
 def _args(cache: Path, *extra: str) -> list[str]:
-    sets = [*TINY, f"data.phantoms.cache_dir={cache}", *extra]
-    return [CONFIG, *(item for pair in (("--set", s) for s in sets) for item in pair)]
-
-
-def train_main(argv: list[str]) -> int:
-    """``python train.py ARGV`` in-process; returns the exit status (nothing imports the script)."""
-    saved = sys.argv
-    sys.argv = ["train.py", *argv]
-    try:
-        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = saved
-    return 0
+    return config_args(LANDMARK_CONFIG, [*tiny_landmark(), f"data.phantoms.cache_dir={cache}", *extra])
 
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -183,7 +146,7 @@ def test_sigterm_before_the_first_checkpoint_removes_only_the_run_files(cache: P
         "train.eval_every_steps=1000000",
         "train.checkpoint_every_steps=1000000",
     )
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    environment = PROCESS_ENV
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *args, "--run-dir", str(folder)],
         cwd=tmp_path,
