@@ -33,18 +33,13 @@ from agents.experiments import (
 )
 from agents.networks import set_torch_threads
 from envs.io import check_output_folder
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (``evaluate.py: error: ...``, exit status 2), no usage block."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"evaluate.py: error: {' '.join(message.split())}", file=sys.stderr)
-        raise SystemExit(2)
+from envs.io.cli import OneLineArgumentParser, print_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(prog="evaluate.py", description="Evaluate medgym runs in mm on held-out volumes.")
+    parser = OneLineArgumentParser(
+        prog="evaluate.py", description="Evaluate medgym runs in mm on held-out volumes."
+    )
     parser.add_argument("runs", nargs="+", type=Path, help="run folder(s) made by train.py")
     parser.add_argument("--data", type=Path, help="manifest to evaluate on (default: the run's own data)")
     parser.add_argument("--split", choices=("train", "val", "test"), help="split to evaluate (default test)")
@@ -206,19 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         set_torch_threads(1)
         return evaluate(args)
     except (ConfigError, ValueError, OSError, KeyError) as error:
-        print(f"evaluate.py: error: {error_line(error)}", file=sys.stderr)
-        return 2
-
-
-def error_line(error: BaseException) -> str:
-    """The error's message on one line (a KeyError's without its quotes; an OSError's with its file)."""
-    if isinstance(error, KeyError) and error.args:
-        message = str(error.args[0])
-    elif isinstance(error, OSError) and error.filename is not None and str(error.filename) not in str(error):
-        message = f"{error.filename}: {error.strerror or error}"
-    else:
-        message = str(error) or type(error).__name__
-    return " ".join(message.split())
+        return print_error("evaluate.py", error)
 
 
 if __name__ == "__main__":

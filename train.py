@@ -30,18 +30,11 @@ from agents.experiments import (
     train_registration,
 )
 from agents.networks import set_torch_threads
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (``train.py: error: ...``, exit status 2), no usage block."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"train.py: error: {' '.join(message.split())}", file=sys.stderr)
-        raise SystemExit(2)
+from envs.io.cli import OneLineArgumentParser, print_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="train.py", description="Train a medgym landmark-detection or registration agent."
     )
     parser.add_argument("config", nargs="?", help="experiment YAML, e.g. configs/landmark_phantom.yaml")
@@ -93,19 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train(args)
     except (ConfigError, ValueError, OSError, KeyError) as error:
-        print(f"train.py: error: {error_line(error)}", file=sys.stderr)
-        return 2
-
-
-def error_line(error: BaseException) -> str:
-    """The error's message on one line (a KeyError's without its quotes; an OSError's with its file)."""
-    if isinstance(error, KeyError) and error.args:
-        message = str(error.args[0])
-    elif isinstance(error, OSError) and error.filename is not None and str(error.filename) not in str(error):
-        message = f"{error.filename}: {error.strerror or error}"
-    else:
-        message = str(error) or type(error).__name__
-    return " ".join(message.split())
+        return print_error("train.py", error)
 
 
 if __name__ == "__main__":

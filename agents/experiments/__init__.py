@@ -94,7 +94,6 @@ from agents.experiments.registration_eval import (
 from agents.experiments.reports import (
     landmark_markdown,
     markdown_table,
-    new_folder,
     overlay_png,
     plot_errors,
     plot_success,
@@ -178,7 +177,6 @@ __all__ = [
     "markdown_table",
     "metrics_from_outcomes",
     "metrics_from_rows",
-    "new_folder",
     "new_run_or_nothing",
     "open_run",
     "outcome_of",

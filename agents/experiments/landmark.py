@@ -25,7 +25,6 @@ from agents.experiments.metrics import metrics_from_rows, summarise_runs
 from agents.experiments.monitor import training_callbacks, write_summary
 from agents.experiments.reports import (
     landmark_markdown,
-    new_folder,
     plot_errors,
     plot_trajectories,
     prediction_stems,
@@ -45,7 +44,7 @@ from agents.experiments.validation import landmark_score, validate
 from agents.search import Detection, OraclePolicy, QNetworkPolicy, detect_landmarks, scored_detections
 from envs import io
 from envs.data import Case, Dataset
-from envs.io.atomic import atomic_write_text, check_output_folder
+from envs.io.atomic import atomic_write_text, check_output_folder, new_folder
 
 __all__ = ["evaluate_landmark_runs", "evaluate_run", "predict", "train_landmark"]
 

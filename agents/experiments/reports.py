@@ -9,9 +9,6 @@ from __future__ import annotations
 import csv
 import io as text_io
 import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,6 @@ from envs.tasks import UNIT, AlignmentPair, AlignmentWorld, LandmarkWorld
 __all__ = [
     "landmark_markdown",
     "markdown_table",
-    "new_folder",
     "overlay_png",
     "plot_errors",
     "plot_success",
@@ -44,26 +40,6 @@ def volume_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-@contextmanager
-def new_folder(path: Path) -> Iterator[Path]:
-    """Make ``path`` (and missing parents); if the block fails, remove only what this call made.
-
-    A folder that existed before is left as it was, whatever the block wrote into it.
-    """
-    path = Path(path)
-    missing = path
-    while not missing.parent.exists() and missing.parent != missing.parent.parent:
-        missing = missing.parent
-    created = None if path.exists() else missing
-    path.mkdir(parents=True, exist_ok=True)
-    try:
-        yield path
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
 
 
 def prediction_stems(volumes: list[Path]) -> list[str]:

@@ -48,7 +48,7 @@ import yaml
 from agents.checkpoints import load_policy, read_checkpoint
 from agents.experiments.config import Experiment
 from agents.experiments.loading import experiment_from_mapping, to_mapping
-from envs.io.atomic import atomic_write_text, check_output_folder
+from envs.io.atomic import atomic_write_text, check_output_folder, make_folders
 
 __all__ = [
     "Run",
@@ -204,18 +204,6 @@ def check_run_dir(path: str | os.PathLike[str] | None) -> None:
     check_output_folder(folder, "--run-dir")
 
 
-def _make_folder(path: Path) -> Path | None:
-    """mkdir -p ``path``; returns the top-most folder it created (None if ``path`` existed)."""
-    missing = [path, *(parent for parent in path.absolute().parents)]
-    top = None
-    for folder in missing:
-        if folder.exists():
-            break
-        top = folder
-    path.mkdir(parents=True, exist_ok=True)
-    return top
-
-
 def create_run(experiment: Experiment, root: Path = Path("runs"), path: Path | None = None) -> Run:
     """Make a new run folder (default ``root/NAME-DATE``) with the resolved config and meta data.
 
@@ -231,7 +219,7 @@ def create_run(experiment: Experiment, root: Path = Path("runs"), path: Path | N
             path = Path(root) / f"{experiment.name}-{stamp}-{suffix}"
     path = Path(path)
     check_run_dir(path)
-    run = Run(path, experiment, made_folder=_make_folder(path), new=True)
+    run = Run(path, experiment, made_folder=make_folders(path), new=True)
     try:
         # config.yaml first: from then on the folder is a run that --resume can continue
         atomic_write_text(path / "config.yaml", yaml.safe_dump(to_mapping(experiment), sort_keys=False))

@@ -41,6 +41,8 @@ from envs.io.atomic import (
     atomic_write_bytes,
     atomic_write_text,
     check_output_folder,
+    make_folders,
+    new_folder,
     temporary_sibling,
 )
 from envs.io.landmarks import LANDMARK_SUFFIXES, read_landmarks, write_landmarks
@@ -59,6 +61,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_output_folder",
+    "make_folders",
+    "new_folder",
     "read_landmarks",
     "read_transform",
     "read_volume",

@@ -29,6 +29,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_output_folder",
+    "make_folders",
+    "new_folder",
     "temporary_sibling",
 ]
 
@@ -182,3 +184,31 @@ def check_output_folder(path: Path, flag: str = "--out") -> None:
         raise ValueError(
             f"{flag} {path}: cannot write in {probe} ({reason}); give a folder you can write to"
         ) from None
+
+
+def make_folders(path: str | os.PathLike[str]) -> Path | None:
+    """``mkdir -p path``; returns the top-most folder this call created (``None`` if ``path`` existed)."""
+    path = Path(path)
+    top = None
+    for folder in (path, *path.absolute().parents):
+        if folder.exists():
+            break
+        top = folder
+    path.mkdir(parents=True, exist_ok=True)
+    return top
+
+
+@contextmanager
+def new_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Make ``path`` (and missing parents); if the block fails, remove only what this call made.
+
+    A folder that existed before is left as it was, whatever the block wrote into it.
+    """
+    path = Path(path)
+    created = make_folders(path)
+    try:
+        yield path
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise

@@ -6,28 +6,22 @@ Case ``phantom_<i>`` uses phantom seed ``SEED + i``; splits are a seeded shuffle
 from __future__ import annotations
 
 import argparse
-import shutil
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from envs.io.atomic import check_output_folder, new_folder
+from envs.io.cli import OneLineArgumentParser, error_line, print_error
 from envs.phantom.dataset import write_phantom_cases
 from envs.phantom.generate import PhantomConfig
 
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # One line on stderr and exit code 2, instead of argparse's usage block: CLIs fail in one line.
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+PROG = "python -m envs.phantom"
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _ArgumentParser(
-        prog="python -m envs.phantom",
+    parser = OneLineArgumentParser(
+        prog=PROG,
         description="Write synthetic CT torso phantoms (NIfTI), label maps, landmarks (.fcsv), manifest.csv.",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
@@ -80,42 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m envs.phantom --out DIR --n N --seed S [...]``; returns the exit code."""
     args = _parse_args(argv)
     out: Path = args.out
-    created = _missing_folders(out)
     try:
-        _check_writable(out)
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        reason = error.strerror or " ".join(str(error).split())
-        print(f"python -m envs.phantom: error: --out {out}: cannot write there ({reason})", file=sys.stderr)
-        return 2
+        check_output_folder(out, "--out")
+    except ValueError as error:
+        return print_error(PROG, error)
     splits = _splits(args.n, args.val_fraction, args.test_fraction, args.seed)
     cases = [(f"phantom_{index:03d}", splits[index], args.seed + index) for index in range(args.n)]
     try:
-        write_phantom_cases(out, cases, args.config)
+        with new_folder(out):  # on failure only the folders this call made are removed
+            write_phantom_cases(out, cases, args.config)
     except OSError as error:
-        if created:  # only folders this call made are removed: nothing of the user's
-            shutil.rmtree(created[-1], ignore_errors=True)
-        reason = error.strerror or " ".join(str(error).split())
-        print(f"python -m envs.phantom: error: --out {out}: writing failed ({reason})", file=sys.stderr)
-        return 2
+        return print_error(PROG, f"--out {out}: writing failed ({error_line(error)})")
     return 0
-
-
-def _missing_folders(path: Path) -> list[Path]:
-    """The folders of ``path`` that do not exist yet, deepest first."""
-    missing = []
-    while not path.exists() and path.parent != path:
-        missing.append(path)
-        path = path.parent
-    return missing
-
-
-def _check_writable(out: Path) -> None:
-    """Raise ``OSError`` unless a file can be made in ``out`` (if missing: its nearest existing folder)."""
-    probe = out
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise NotADirectoryError(20, f"{probe} is a file", str(probe))
-    with tempfile.TemporaryFile(dir=probe):
-        pass
