@@ -211,8 +211,13 @@ def reset_level(options: dict[str, Any], n_levels: int, schedule: str, rng: np.r
 
 
 def pack_pose(header: Sequence[int], *vectors: ArrayLike) -> NDArray[np.int32]:
-    """An int32 pose: ``header`` (variant index, level, ...) followed by the integer ``vectors``."""
-    return np.concatenate([header, *vectors]).astype(np.int32)
+    """An int32 pose: ``header`` (variant index, level, ...) followed by the integer ``vectors``.
+
+    >>> pack_pose((4, 1), np.array([7, 8, 9]), np.array([6, 8, 9])).tolist()
+    [4, 1, 7, 8, 9, 6, 8, 9]
+    """
+    # One concatenation straight into int32 (no astype copy): this runs on every env step.
+    return np.concatenate([header, *vectors], dtype=np.int32, casting="unsafe")
 
 
 class OscillationTracker:
