@@ -85,14 +85,23 @@ def test_evaluate_several_runs_summarises_mean_and_std(trained_run: Path, tmp_pa
     assert summary["oracle"]["median_mm"]["std"] == pytest.approx(0.0)  # same run twice
 
 
-def test_predict_writes_slicer_files(trained_run: Path, cache: Path, tmp_path: Path) -> None:
+def test_predict_writes_slicer_files(
+    trained_run: Path, cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     phantoms = next(cache.iterdir())
     volume = phantoms / "phantom_test_000.nii.gz"
     out = tmp_path / "pred"
     assert evaluate_main([str(trained_run), "--predict", str(volume), "--out", str(out)]) == 0
     fcsv, mrk = out / "phantom_test_000.fcsv", out / "phantom_test_000.mrk.json"
-    if fcsv.exists():  # an untrained agent may find nothing inside the volume
-        assert io.read_landmarks(fcsv).keys() == io.read_landmarks(mrk).keys()
+    # A barely trained agent may find nothing; then it must say so and write neither file.
+    assert fcsv.exists() == mrk.exists()
+    if fcsv.exists():
+        found = io.read_landmarks(fcsv)
+        assert found
+        assert found.keys() == io.read_landmarks(mrk).keys()
+        assert set(found) <= set(json.loads((trained_run / "landmarks.json").read_text())["landmarks"])
+    else:
+        assert "no landmark found" in capsys.readouterr().err
 
 
 def test_resume_continues_from_the_latest_checkpoint(trained_run: Path, tmp_path: Path) -> None:
