@@ -352,10 +352,14 @@ def test_predict_keeps_same_named_inputs_apart(ctx: dict[str, Any]) -> None:
 def test_step_still_takes_numpy_and_python_integers(ctx: dict[str, Any]) -> None:
     env = ctx["landmark_env"]()
     for action in (0, np.int64(1), np.int32(2), 3):
-        env.step(action)
+        observation, reward, *_ = env.step(action)
+        assert env.observation_space.contains(observation)
+        assert -1.0 <= reward <= 1.0
     rigid = ctx["rigid_env"]()
     for action in (0, np.int64(11), np.array(4)):
-        rigid.step(action)
+        observation, reward, *_ = rigid.step(action)
+        assert rigid.observation_space.contains(observation)
+        assert np.isfinite(reward)
 
 
 def test_unwritable_probe_leaves_no_file(tmp_path: Path) -> None:
