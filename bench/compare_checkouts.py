@@ -1,11 +1,15 @@
-"""Landmark env step time of two (or more) checkouts, alternated on the same machine.
+"""Landmark env step and search time of two (or more) checkouts, alternated on the same machine.
 
-    python bench/compare_env_step.py OTHER_CHECKOUT [.] [--rounds 3] [--steps 20000]
+    python bench/compare_checkouts.py OTHER_CHECKOUT [.] [--rounds 3] [--steps 20000]
 
 Each round runs every checkout once, in its own process (so their ``envs`` packages never
-mix), in turn: a ``LandmarkEnv`` on 2 in-memory phantoms steps through the same seeded random
-actions with a reset every 50 steps, for a 25^3 and a 45^3 patch, 15 repeats, keeping the
-best time per step. Alternating the checkouts spreads a shared machine's noise over both.
+mix), in turn, for a 25^3 and a 45^3 patch on 2 in-memory phantoms:
+- env step: a ``LandmarkEnv`` steps through the same seeded random actions with a reset every
+  50 steps, 15 repeats; the best time per step;
+- search: ``detect_landmarks`` of the 10 landmarks of a test phantom with random Q-values
+  (the network excluded) and with the oracle, 20 seeds, 5 repeats; the best time per
+  landmark-step.
+Alternating the checkouts spreads a shared machine's noise over both.
 Prints the best and median of the rounds per checkout and saves them as JSON.
 Works on checkouts from before the layered layout too (``envs.landmark``, ``Dataset.phantoms``).
 """
@@ -50,7 +54,33 @@ for size in (25, 45):
             if index % 50 == 49:
                 env.reset()
         times.append((time.perf_counter() - start) / steps * 1e6)
-    best[size] = min(times)
+    best[f"step {size}^3"] = min(times)
+from agents.search import OraclePolicy, detect_landmarks
+
+
+class RandomQ:
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, observations, *context):
+        return self.rng.standard_normal((len(observations["level"]), 6))
+
+
+for size in (25, 45):
+    env = LandmarkEnv(dataset, split="test", patch_size=size, schedule="coarse")
+    env.reset(seed=0)
+    world = env.world
+    variant = world.variant(0)
+    for label, policy in (("random Q", RandomQ(0)), ("oracle", OraclePolicy())):
+        detect_landmarks(world, variant, policy)
+        times = []
+        for repeat in range(5):
+            steps, start = 0, time.perf_counter()
+            for seed in range(20):
+                found = detect_landmarks(world, variant, policy, seed=seed)
+                steps += sum(detection.steps for detection in found.values())
+            times.append((time.perf_counter() - start) / steps * 1e6)
+        best[f"search {label} {size}^3"] = min(times)
 print(json.dumps(best))
 """
 
@@ -60,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkouts", nargs="+", type=Path, help="repository roots to compare")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20000)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compare_env_step.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "compare_checkouts.json")
     args = parser.parse_args(argv)
     roots = [str(path.resolve()) for path in args.checkouts]
     runs: dict[str, list[dict[str, float]]] = {root: [] for root in roots}
@@ -75,15 +105,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             best = json.loads(done.stdout.strip().splitlines()[-1])
             runs[root].append(best)
-            print(f"round {round_index + 1}: {root}: 25^3 {best['25']:.2f} us, 45^3 {best['45']:.2f} us")
+            cells = ", ".join(f"{name} {value:.2f}" for name, value in best.items())
+            print(f"round {round_index + 1}: {root}: {cells} (us)")
     summary = {}
     for root, rows in runs.items():
         summary[root] = {
-            f"{size}^3": {
-                "best_us": min(row[size] for row in rows),
-                "median_us": sorted(row[size] for row in rows)[len(rows) // 2],
+            name: {
+                "best_us": min(row[name] for row in rows),
+                "median_us": sorted(row[name] for row in rows)[len(rows) // 2],
             }
-            for size in ("25", "45")
+            for name in rows[0]
         }
         cells = ", ".join(
             f"{k} best {v['best_us']:.2f} / median {v['median_us']:.2f} us" for k, v in summary[root].items()
