@@ -20,7 +20,6 @@ from agents.baselines.sitk_common import (
     check_common,
     check_config,
     check_pair,
-    check_pyramid,
     execute,
     prepare_image,
     pyramid_method,
@@ -81,19 +80,7 @@ class BSplineBaselineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        owner = "BSplineBaselineConfig"
-        check_pyramid(owner, self.shrink_factors, self.smoothing_sigmas_mm)
-        check_common(
-            owner,
-            iterations=self.iterations,
-            histogram_bins=self.histogram_bins,
-            sampling_fraction=self.sampling_fraction,
-            metric_samples=self.metric_samples,
-            levels=len(self.shrink_factors),
-            threads=self.threads,
-            seed=self.seed,
-            window=self.intensity_window,
-        )
+        owner = check_common(self)
         if not (np.isfinite(self.mesh_spacing_mm) and self.mesh_spacing_mm > 0):
             raise ValueError(f"{owner}: mesh_spacing_mm must be > 0, got {self.mesh_spacing_mm}")
         if self.optimizer not in ("lbfgsb", "gradient_descent"):

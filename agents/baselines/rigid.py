@@ -22,7 +22,6 @@ from agents.baselines.sitk_common import (
     check_config,
     check_initializer,
     check_pair,
-    check_pyramid,
     execute,
     image_centre,
     initial_rigid,
@@ -96,19 +95,7 @@ class RigidBaselineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        owner = "RigidBaselineConfig"
-        check_pyramid(owner, self.shrink_factors, self.smoothing_sigmas_mm)
-        check_common(
-            owner,
-            iterations=self.iterations,
-            histogram_bins=self.histogram_bins,
-            sampling_fraction=self.sampling_fraction,
-            metric_samples=self.metric_samples,
-            levels=len(self.shrink_factors),
-            threads=self.threads,
-            seed=self.seed,
-            window=self.intensity_window,
-        )
+        owner = check_common(self)
         check_initializer(owner, self.initializer)
         if not 0.0 <= self.rotation_presearch_deg <= 180.0:
             raise ValueError(

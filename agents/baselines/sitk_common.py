@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -150,31 +151,28 @@ def check_initializer(owner: str, initializer: str) -> None:
         raise ValueError(f"{owner}: initializer must be 'moments', 'geometry' or 'none', got {initializer!r}")
 
 
-def check_common(
-    owner: str,
-    *,
-    iterations: int,
-    histogram_bins: int,
-    sampling_fraction: float | tuple[float, ...] | None,
-    metric_samples: int,
-    levels: int,
-    threads: int | None,
-    seed: int,
-    window: tuple[float, float] | None,
-) -> None:
-    """The checks shared by the registration baselines' configs."""
-    if int(iterations) < 1:
-        raise ValueError(f"{owner}: iterations must be >= 1, got {iterations}")
-    if int(histogram_bins) < 4:
-        raise ValueError(f"{owner}: histogram_bins must be >= 4, got {histogram_bins}")
-    if sampling_fraction is not None:
-        check_fractions(owner, sampling_fraction, levels)
-    elif int(metric_samples) < 100:
-        raise ValueError(f"{owner}: metric_samples must be >= 100, got {metric_samples}")
-    if threads is not None and int(threads) < 1:
-        raise ValueError(f"{owner}: threads must be >= 1 or None (all cores), got {threads}")
-    check_seed(owner, seed)
-    check_window(owner, window)
+def check_common(config: Any) -> str:
+    """The checks shared by the registration baselines' configs; returns the config's name.
+
+    ``config`` has the fields of the rigid and B-spline baseline configs: ``shrink_factors``,
+    ``smoothing_sigmas_mm``, ``iterations``, ``histogram_bins``, ``sampling_fraction``,
+    ``metric_samples``, ``threads``, ``seed`` and ``intensity_window``.
+    """
+    owner = type(config).__name__
+    check_pyramid(owner, config.shrink_factors, config.smoothing_sigmas_mm)
+    if int(config.iterations) < 1:
+        raise ValueError(f"{owner}: iterations must be >= 1, got {config.iterations}")
+    if int(config.histogram_bins) < 4:
+        raise ValueError(f"{owner}: histogram_bins must be >= 4, got {config.histogram_bins}")
+    if config.sampling_fraction is not None:
+        check_fractions(owner, config.sampling_fraction, len(config.shrink_factors))
+    elif int(config.metric_samples) < 100:
+        raise ValueError(f"{owner}: metric_samples must be >= 100, got {config.metric_samples}")
+    if config.threads is not None and int(config.threads) < 1:
+        raise ValueError(f"{owner}: threads must be >= 1 or None (all cores), got {config.threads}")
+    check_seed(owner, config.seed)
+    check_window(owner, config.intensity_window)
+    return owner
 
 
 def check_config(config: object, expected: type, caller: str) -> None:

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from agents.experiments.config import Experiment, LandmarkExperiment, RigidExperiment, SdmExperiment
 from envs import io
-from envs.core import Volume, check_image
+from envs.core import Volume, check_finest_level, check_image
 from envs.data import SPLITS, Dataset
 from envs.phantom import PhantomConfig, mean_phantom, phantom_dataset, write_phantom_dataset
 from envs.tasks import (
@@ -95,16 +95,10 @@ def check_cases(experiment: Experiment, dataset: Dataset) -> None:
             try:
                 volume = dataset.load(case).volume
                 check_image(volume, what, levels, edge)
+                check_finest_level(volume, what, levels)
             except (ValueError, OSError) as error:
                 message = str(error)
                 raise ValueError(message if what in message else f"{what}: {message}") from None
-            finest = float(volume.spacing_xyz_mm.min())
-            if levels[-1] < finest * 0.99:
-                raise ValueError(
-                    f"{what}: env.levels_mm: the finest level ({levels[-1]:g} mm) is finer than the "
-                    f"data (spacing {volume.spacing_xyz_mm.round(3).tolist()} mm); "
-                    f"use a finest level >= {finest:.3g} mm"
-                )
 
 
 def validation_split(dataset: Dataset) -> str:

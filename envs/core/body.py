@@ -17,6 +17,7 @@ __all__ = [
     "body_centre_zyx",
     "body_mask",
     "body_threshold",
+    "check_finest_level",
     "check_image",
     "control_points",
     "start_candidates",
@@ -49,6 +50,17 @@ def check_image(volume: Volume, what: str, levels_mm: tuple[float, ...], edge_vo
             f"{what} is too small: it covers {extent} mm (x, y, z) but the search needs >= {needed:g} mm "
             f"per axis (two voxels at the coarsest level {levels_mm[0]:g} mm"
             + (f", half of the {edge_vox}-voxel cube at {levels_mm[-1]:g} mm)" if edge_vox else ")")
+        )
+
+
+def check_finest_level(volume: Volume, what: str, levels_mm: tuple[float, ...]) -> None:
+    """Raise ``ValueError`` when the finest level is finer than ``volume``'s finest spacing (1 % slack)."""
+    finest = float(volume.spacing_xyz_mm.min())
+    if levels_mm[-1] < finest * 0.99:
+        raise ValueError(
+            f"levels_mm: the finest level ({levels_mm[-1]:g} mm) is finer than {what} "
+            f"(spacing {volume.spacing_xyz_mm.round(3).tolist()} mm); "
+            f"use a finest level >= {finest:.3g} mm"
         )
 
 

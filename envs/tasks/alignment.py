@@ -119,6 +119,10 @@ class AlignmentWorld(TaskWorld):
 
     # ------------------------------------------------------------------ sizes and spaces
     @property
+    def edge_vox(self) -> int:
+        return self.obs_size
+
+    @property
     def n_params(self) -> int:
         return len(self.param_names)
 

@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from envs.core import PRESETS, Volume, check_image, preset_for
+from envs.core import PRESETS, Volume, check_finest_level, check_image, preset_for
 from envs.data import Dataset, Subject
 
 __all__ = [
@@ -150,20 +150,17 @@ class TaskWorld:
         """The world's preset, or the default preset of the subject's modality."""
         return self.preset or preset_for(subject.case.modality)
 
+    @property
+    def edge_vox(self) -> int | None:
+        """Edge of the observed cube in voxels (subclasses); ``None`` when the world has none."""
+        return None
+
     def check_resolution(self, volume: Volume, what: str) -> None:
         """Raise if ``volume`` is degenerate (:func:`envs.core.check_image`: constant, or too small
         for the levels or the observed cube) or the finest level is finer than its finest spacing
-        (1 % tolerance)."""
-        check_image(
-            volume, what, self.levels_mm, getattr(self, "patch_size", getattr(self, "obs_size", None))
-        )
-        finest = float(volume.spacing_xyz_mm.min())
-        if self.levels_mm[-1] < finest * 0.99:
-            raise ValueError(
-                f"levels_mm: the finest level ({self.levels_mm[-1]:g} mm) is finer than {what} "
-                f"(spacing {volume.spacing_xyz_mm.round(3).tolist()} mm); "
-                f"use a finest level >= {finest:.3g} mm"
-            )
+        (:func:`envs.core.check_finest_level`)."""
+        check_image(volume, what, self.levels_mm, self.edge_vox)
+        check_finest_level(volume, what, self.levels_mm)
 
 
 # ---------------------------------------------------------------------- episode plumbing

@@ -100,6 +100,10 @@ class LandmarkWorld(TaskWorld):
         )
 
     @property
+    def edge_vox(self) -> int:
+        return self.patch_size
+
+    @property
     def pose_dim(self) -> int:
         return 3 + 3 * self.frames
 
