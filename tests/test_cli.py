@@ -137,7 +137,7 @@ def test_unknown_config_key_is_named(cache: Path, capsys: pytest.CaptureFixture)
     [
         ("env.patch_size=24", "odd integer >= 5"),
         ("env.patch_size=3", "odd integer >= 5"),
-        ("env.levels_mm=[4.0, 2.0, 1.0]", "finer than the data"),
+        ("env.levels_mm=[2.0, 4.0]", "coarse to fine"),
         ("env.landmarks=[nose_tip]", "not in the data"),
     ],
 )

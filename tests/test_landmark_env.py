@@ -203,9 +203,11 @@ def test_bad_arguments_are_explained(dataset: Dataset) -> None:
         LandmarkEnv(dataset, landmarks=["nose_tip"])
     with pytest.raises(ValueError, match="coarse to fine"):
         LandmarkEnv(dataset, levels_mm=(2.0, 4.0))
-    env = LandmarkEnv(dataset, levels_mm=(4.0, 1.0))
-    with pytest.raises(ValueError, match=r"finer than the data.*phantom_train"):
+    # any spacing is taken: a 2 mm phantom at a 0.5 mm finest level is resampled, with a warning
+    env = LandmarkEnv(dataset, levels_mm=(4.0, 0.5))
+    with pytest.warns(UserWarning, match=r"phantom_train.*much coarser than the finest level \(0.5 mm\)"):
         env.reset(seed=0)
+    assert env.world.variant(0).pyramid.levels[-1].spacing_xyz_mm.tolist() == [0.5, 0.5, 0.5]
     with pytest.raises(ValueError, match="unknown option"):
         LandmarkEnv(dataset).reset(options={"lvl": 1})
 

@@ -333,9 +333,10 @@ def test_bad_env_arguments_name_the_field(dataset: Dataset) -> None:
         RigidWorld(dataset, "train", contrast="pet")
     with pytest.raises(ValueError, match="translation_steps_mm / rotation_steps_deg"):
         RigidWorld(dataset, "train", levels_mm=(8.0, 4.0), translation_steps_mm=(1.0,))
-    with pytest.raises(ValueError, match=r"finest level .* is finer than case"):
+    # any spacing is taken (resampled to the levels); a much coarser scan is only a warning
+    with pytest.warns(UserWarning, match=r"much coarser than the finest level \(1 mm\)"):
         RigidWorld(
-            dataset, "train", levels_mm=(8.0, 2.0), translation_steps_mm=(4, 1), rotation_steps_deg=(4, 1)
+            dataset, "train", levels_mm=(8.0, 1.0), translation_steps_mm=(4, 1), rotation_steps_deg=(4, 1)
         ).pair(0)
 
 

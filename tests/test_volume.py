@@ -18,6 +18,7 @@ from envs.core import (
     Volume,
     build_pyramid,
     crop_patch,
+    finest_level_warning,
     resample_isotropic,
     to_uint8,
 )
@@ -226,3 +227,26 @@ def test_progressive_pyramid_matches_the_direct_one_closely() -> None:
         assert a.shape_zyx == b.shape_zyx
         np.testing.assert_allclose(a.origin_lps_mm, b.origin_lps_mm, atol=1e-6)
         assert np.abs(a.voxels.astype(int) - b.voxels.astype(int)).mean() < 2.0
+
+
+@pytest.mark.parametrize(
+    ("spacing_xyz", "warned"),
+    [
+        ((1.047, 1.014, 1.03), False),  # 1-5 % coarser than a 1 mm level: taken silently
+        ((0.6, 0.6, 1.4), False),
+        ((0.6, 0.6, 5.0), True),  # thick slices: taken, with a warning naming the axis
+        ((3.0, 3.0, 3.0), True),
+    ],
+)
+def test_any_spacing_is_taken_and_much_coarser_scans_are_warned(
+    spacing_xyz: tuple[float, float, float], warned: bool
+) -> None:
+    volume = Volume(np.zeros((12, 10, 8), np.float32), spacing_xyz_mm=spacing_xyz)
+    message = finest_level_warning(volume, "case 'a'", (4.0, 2.0, 1.0))
+    assert (message is not None) == warned
+    if warned:
+        assert "case 'a'" in message and f"{max(spacing_xyz):g} mm axis" in message
+    # and a pyramid at 1 mm is built from it whatever its spacing
+    volume = Volume(np.arange(12 * 10 * 8, dtype=np.float32).reshape(12, 10, 8), spacing_xyz_mm=spacing_xyz)
+    finest = build_pyramid(volume, (4.0, 1.0), preset="mr").levels[-1]
+    assert finest.spacing_xyz_mm.tolist() == [1.0, 1.0, 1.0]

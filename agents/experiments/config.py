@@ -145,7 +145,7 @@ class EnvConfig:
     landmarks: tuple[str, ...] | None = None
     """landmarks to detect, in the network's output order (null: every one of the training split)"""
     levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0)
-    """pyramid spacings, coarse to fine (mm); the finest must not be finer than the data"""
+    """pyramid spacings, coarse to fine (mm); scans of any spacing are resampled to them"""
     patch_size: int = 25
     """edge of the observed cube (voxels, odd)"""
     frames: int = 1

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from agents.experiments.config import Experiment, LandmarkExperiment, RigidExperiment, SdmExperiment
 from envs import io
-from envs.core import Volume, check_finest_level, check_image
+from envs.core import Volume, check_image
 from envs.data import SPLITS, Dataset
 from envs.phantom import PhantomConfig, mean_phantom, phantom_dataset, write_phantom_dataset
 from envs.tasks import (
@@ -80,9 +80,10 @@ def check_cases(experiment: Experiment, dataset: Dataset) -> None:
     """Read every case of every split now and refuse the first that cannot be trained on.
 
     Refused, naming the case and its file: unreadable files, degenerate images (constant, too
-    small for the levels or the observed cube, see :func:`envs.core.check_image`) and data
-    coarser than the finest level. Generated phantoms are skipped (their generator makes them
-    valid). A bad case so costs seconds before training, not a failed validation mid-run.
+    small for the levels or the observed cube, see :func:`envs.core.check_image`). Any spacing
+    is taken: the worlds resample every scan to the levels. Generated phantoms are skipped
+    (their generator makes them valid). A bad case so costs seconds before training, not a
+    failed validation mid-run.
     """
     if experiment.data.manifest is None:
         return
@@ -95,7 +96,6 @@ def check_cases(experiment: Experiment, dataset: Dataset) -> None:
             try:
                 volume = dataset.load(case).volume
                 check_image(volume, what, levels, edge)
-                check_finest_level(volume, what, levels)
             except (ValueError, OSError) as error:
                 message = str(error)
                 raise ValueError(message if what in message else f"{what}: {message}") from None

@@ -10,13 +10,14 @@
 """
 
 from envs.core.body import (
+    COARSE_DATA_FACTOR,
     body_centre_lps,
     body_centre_zyx,
     body_mask,
     body_threshold,
-    check_finest_level,
     check_image,
     control_points,
+    finest_level_warning,
     start_candidates,
 )
 from envs.core.fields import (
@@ -65,6 +66,7 @@ from envs.core.volume import (
 )
 
 __all__ = [
+    "COARSE_DATA_FACTOR",
     "PRESETS",
     "IntensityPreset",
     "Pyramid",
@@ -76,7 +78,6 @@ __all__ = [
     "body_mask",
     "body_threshold",
     "build_pyramid",
-    "check_finest_level",
     "check_image",
     "compose_rigid",
     "control_points",
@@ -89,6 +90,7 @@ __all__ = [
     "field_from_transform",
     "field_to_sitk",
     "field_transform",
+    "finest_level_warning",
     "matrix_offset",
     "nearest_rotation",
     "params_from_matrix",

@@ -13,13 +13,14 @@ from numpy.typing import NDArray
 from envs.core.volume import Volume
 
 __all__ = [
+    "COARSE_DATA_FACTOR",
     "body_centre_lps",
     "body_centre_zyx",
     "body_mask",
     "body_threshold",
-    "check_finest_level",
     "check_image",
     "control_points",
+    "finest_level_warning",
     "start_candidates",
 ]
 
@@ -53,15 +54,25 @@ def check_image(volume: Volume, what: str, levels_mm: tuple[float, ...], edge_vo
         )
 
 
-def check_finest_level(volume: Volume, what: str, levels_mm: tuple[float, ...]) -> None:
-    """Raise ``ValueError`` when the finest level is finer than ``volume``'s finest spacing (1 % slack)."""
-    finest = float(volume.spacing_xyz_mm.min())
-    if levels_mm[-1] < finest * 0.99:
-        raise ValueError(
-            f"levels_mm: the finest level ({levels_mm[-1]:g} mm) is finer than {what} "
-            f"(spacing {volume.spacing_xyz_mm.round(3).tolist()} mm); "
-            f"use a finest level >= {finest:.3g} mm"
+COARSE_DATA_FACTOR = 1.5
+"""a scan whose coarsest voxel edge exceeds this many finest-level spacings gets a warning"""
+
+
+def finest_level_warning(volume: Volume, what: str, levels_mm: tuple[float, ...]) -> str | None:
+    """A warning when ``volume`` is much coarser than the finest level, else ``None``.
+
+    Any spacing is accepted: every level is resampled from the scan, finer or coarser. A scan
+    whose coarsest voxel edge exceeds ``COARSE_DATA_FACTOR`` times the finest level is
+    interpolated there (e.g. 5 mm slices seen at 2 mm), which limits precision along that axis.
+    """
+    coarsest = float(volume.spacing_xyz_mm.max())
+    if coarsest > COARSE_DATA_FACTOR * levels_mm[-1]:
+        return (
+            f"{what}: spacing {volume.spacing_xyz_mm.round(3).tolist()} mm is much coarser than the "
+            f"finest level ({levels_mm[-1]:g} mm); it is interpolated there, so precision along "
+            f"its {coarsest:.3g} mm axis is limited by the scan"
         )
+    return None
 
 
 def body_threshold(voxels: NDArray) -> float:

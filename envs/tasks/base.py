@@ -10,6 +10,7 @@ int32 pose (from which the world rebuilds observations exactly) and detect oscil
 from __future__ import annotations
 
 import operator
+import warnings
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Sequence
 from itertools import pairwise
@@ -19,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from envs.core import PRESETS, Volume, check_finest_level, check_image, preset_for
+from envs.core import PRESETS, Volume, check_image, finest_level_warning, preset_for
 from envs.data import Dataset, Subject
 
 __all__ = [
@@ -157,10 +158,13 @@ class TaskWorld:
 
     def check_resolution(self, volume: Volume, what: str) -> None:
         """Raise if ``volume`` is degenerate (:func:`envs.core.check_image`: constant, or too small
-        for the levels or the observed cube) or the finest level is finer than its finest spacing
-        (:func:`envs.core.check_finest_level`)."""
+        for the levels or the observed cube). Any spacing is taken (resampled to the levels); a
+        scan much coarser than the finest level gets a ``UserWarning``
+        (:func:`envs.core.finest_level_warning`)."""
         check_image(volume, what, self.levels_mm, self.edge_vox)
-        check_finest_level(volume, what, self.levels_mm)
+        message = finest_level_warning(volume, what, self.levels_mm)
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=2)
 
 
 # ---------------------------------------------------------------------- episode plumbing

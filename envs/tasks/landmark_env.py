@@ -97,8 +97,8 @@ class LandmarkEnv(TaskEnv):
       in-memory synthetic CT phantoms (8 train, 2 val, 2 test).
     * ``split``: ``"train"``, ``"val"`` or ``"test"``.
     * ``landmarks``: names to seek (default: all in the data).
-    * ``levels_mm``: level spacings coarse to fine (default ``(8, 4, 2)``); the finest must not
-      be finer than the data.
+    * ``levels_mm``: level spacings coarse to fine (default ``(8, 4, 2)``). Scans of any spacing
+      are resampled to them; one much coarser than the finest level gets a ``UserWarning``.
     * ``patch_size``: odd, >= 5 (25 and 45 tested). ``frames``: history length (1..16).
     * ``preset``: intensity preset (``"ct"``, ``"ct_soft"``, ``"mr"``; default by modality).
     * ``augment``: :class:`~envs.data.AugmentConfig` (training-time variants) or ``None``.
@@ -252,6 +252,20 @@ class LandmarkEnv(TaskEnv):
         info = self._info(blocked=blocked)
         info["previous_pose"] = previous_pose
         return self._observation(), float(reward), terminated, False, info
+
+    def action_rewards(self) -> NDArray[np.float64]:
+        """The reward each of the 6 actions would get from the current state, without moving.
+
+        The same numbers :meth:`step` would return (distance decrease in steps of the current
+        level; -1 for a move off the grid): the exact targets of a supervised (greedy) learner.
+        """
+        if self._variant is None:
+            raise RuntimeError("action_rewards() called before reset()")
+        candidates = self._position[np.newaxis] + ACTIONS_ZYX
+        target = np.array(self._target_tuple)
+        rewards = self._distance - np.linalg.norm(candidates - target, axis=1)
+        inside = np.all((candidates >= 0) & (candidates < np.array(self._shape)), axis=1)
+        return np.where(inside, rewards, -1.0)
 
     def render(self) -> NDArray[np.uint8] | None:
         if self.render_mode != "rgb_array" or self._variant is None:
