@@ -56,13 +56,16 @@ from agents.experiments.loading import (
     to_mapping,
 )
 from agents.experiments.metrics import (
+    CONFIDENCE_THRESHOLDS,
     MISS_MM,
     SUCCESS_MM,
     WITHIN_MM,
     PairOutcome,
+    auroc,
     compute_metrics,
     metrics_from_outcomes,
     metrics_from_rows,
+    row_present,
     sdm_dice,
     summarise_errors,
     summarise_runs,
@@ -126,6 +129,7 @@ from agents.experiments.validation import (
 
 __all__ = [
     "CONDITIONS",
+    "CONFIDENCE_THRESHOLDS",
     "MISS_MM",
     "RIGID_BASELINES",
     "SUCCESS_MM",
@@ -155,6 +159,7 @@ __all__ = [
     "agent_outcome",
     "alignment_score",
     "apply_overrides",
+    "auroc",
     "check_cases",
     "check_run_dir",
     "compute_metrics",
@@ -195,6 +200,7 @@ __all__ = [
     "rigid_baseline_outcome",
     "rigid_pairs",
     "rigid_scale",
+    "row_present",
     "sdm_dice",
     "summarise_errors",
     "summarise_runs",

@@ -1,5 +1,10 @@
 """Error summaries in millimetres: landmark errors, registration TREs, success rates and Dice.
 
+Landmark scoring counts every landmark: present ones by their error (an undetected one is a
+miss), absent ones (not in the scan, or outside its field of view) as correctly reported absent
+or as false detections; and it scores how well the search's confidence flags its misses
+(:func:`auroc`).
+
 Landmark rows and registration outcomes come in; plain dictionaries of floats come out
 (written to metrics.json and summarised in tables by :mod:`agents.experiments.reports`).
 """
@@ -18,13 +23,16 @@ from envs.core import Volume
 from envs.tasks import DeformableWorld, dice_scores, phantom_structures
 
 __all__ = [
+    "CONFIDENCE_THRESHOLDS",
     "MISS_MM",
     "SUCCESS_MM",
     "WITHIN_MM",
     "PairOutcome",
+    "auroc",
     "compute_metrics",
     "metrics_from_outcomes",
     "metrics_from_rows",
+    "row_present",
     "sdm_dice",
     "summarise_errors",
     "summarise_runs",
@@ -34,21 +42,98 @@ WITHIN_MM = (2.0, 4.0, 8.0)
 """landmark task: the shares of errors within these distances (mm) are reported"""
 MISS_MM = 10.0
 """landmark task: an error above this (mm) counts as a miss"""
+CONFIDENCE_THRESHOLDS = (0.25, 0.5, 0.75)
+"""landmark task: the miss rate among answers at or above these confidences is reported"""
 SUCCESS_MM = 2.0
 """registration tasks: a registration succeeds when its mean TRE is below this (mm)"""
 
 
 # ---------------------------------------------------------------------- landmarks
-def compute_metrics(errors_mm: list[float], found: list[bool], seconds: list[float]) -> dict[str, float]:
-    """Summary of one method's errors: an undetected landmark counts as a miss, not as an error.
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """Area under the ROC curve of ``scores`` separating ``positive`` from the other items.
+
+    The probability that a random positive scores above a random negative, ties counting one
+    half (the Mann-Whitney U statistic from average ranks). 1.0: every positive above every
+    negative; 0.5: no separation (or all tied); 0.0: inverted. NaN when only one class is
+    present (or nothing is). Scores must be finite.
+
+    Example:
+        >>> auroc([0.9, 0.8, 0.3, 0.1], [True, True, False, False])
+        1.0
+        >>> auroc([0.5, 0.5, 0.2], [True, False, False])
+        0.75
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(positive, dtype=bool)
+    if values.shape != labels.shape or values.ndim != 1:
+        raise ValueError(
+            f"auroc: expected two equal-length 1-D sequences, got shapes {values.shape} and {labels.shape}"
+        )
+    if not np.all(np.isfinite(values)):
+        raise ValueError("auroc: expected finite scores, got NaN or infinity; drop those items first")
+    n_positive = int(labels.sum())
+    n_negative = labels.size - n_positive
+    if n_positive == 0 or n_negative == 0:
+        return float("nan")
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(values.size)
+    ranks[order] = np.arange(1, values.size + 1)
+    # Tied scores share the mean of their ranks.
+    _, inverse = np.unique(values, return_inverse=True)
+    ranks = (np.bincount(inverse, weights=ranks) / np.bincount(inverse))[inverse]
+    u_statistic = ranks[labels].sum() - n_positive * (n_positive + 1) / 2
+    return float(u_statistic / (n_positive * n_negative))
+
+
+def compute_metrics(
+    errors_mm: list[float],
+    found: list[bool],
+    seconds: list[float],
+    confidence: list[float] | None = None,
+    present: list[bool] | None = None,
+) -> dict[str, float]:
+    """Summary of one method's landmarks.
+
+    Args:
+        errors_mm: error per landmark (mm; NaN when there is no answer or no truth).
+        found: whether the search reported the landmark as found.
+        seconds: search time per landmark.
+        confidence: the search's confidence per landmark (0..1), or None.
+        present: whether the landmark is in the scan (default: all are).
+
+    Present landmarks: error statistics over those found; one not found counts as a miss
+    (``misses``: not found, or error > ``MISS_MM``); ``n`` and the ``within_*`` shares count
+    present landmarks only. Absent landmarks: ``absent_correct`` (reported not found) and
+    ``false_detections`` (reported found), out of ``n_absent``. Confidence, over the present
+    landmarks the search located (finite error, found or not): ``confidence_auroc`` (AUROC of
+    the confidence separating hits, error <= ``MISS_MM``, from misses; NaN with one class only),
+    and per threshold of ``CONFIDENCE_THRESHOLDS`` the share kept at or above it
+    (``kept_at_conf_T``) and the miss rate among them (``miss_rate_at_conf_T``, NaN if none).
 
     Example:
         >>> m = compute_metrics([1.0, 2.0, 3.0, 30.0], [True] * 4, [0.01] * 4)
         >>> m["median_mm"], m["misses"], m["within_2mm"]
         (2.5, 1, 0.5)
+        >>> m = compute_metrics(
+        ...     [1.0, 30.0, np.nan],
+        ...     [True, True, False],
+        ...     [0.01] * 3,
+        ...     confidence=[0.9, 0.2, 0.0],
+        ...     present=[True, True, False],
+        ... )
+        >>> m["n"], m["absent_correct"], m["confidence_auroc"], m["miss_rate_at_conf_0.5"]
+        (2, 1, 1.0, 0.0)
     """
-    values = np.array([e for e, f in zip(errors_mm, found, strict=True) if f], dtype=np.float64)
-    total = len(errors_mm)
+    errors = np.asarray(errors_mm, dtype=np.float64)
+    reported = np.asarray(found, dtype=bool)
+    is_present = np.ones(errors.size, bool) if present is None else np.asarray(present, dtype=bool)
+    if not errors.size == reported.size == is_present.size:
+        raise ValueError(
+            f"compute_metrics: expected one error, found flag and presence per landmark, got "
+            f"{errors.size}, {reported.size} and {is_present.size}"
+        )
+    values = errors[is_present & reported]
+    total = int(is_present.sum())
     not_found = total - len(values)
     nan = float("nan")
     metrics: dict[str, float] = {
@@ -60,23 +145,61 @@ def compute_metrics(errors_mm: list[float], found: list[bool], seconds: list[flo
         "max_mm": float(values.max()) if values.size else nan,
         "not_found": not_found,
         "misses": int(np.sum(values > MISS_MM)) + not_found,
-        "ms_per_landmark": 1000.0 * float(np.mean(seconds)) if seconds else nan,
+        "ms_per_landmark": 1000.0 * float(np.mean(seconds)) if len(seconds) else nan,
+        "n_absent": int(np.sum(~is_present)),
+        "absent_correct": int(np.sum(~is_present & ~reported)),
+        "false_detections": int(np.sum(~is_present & reported)),
     }
     for limit in WITHIN_MM:
         metrics[f"within_{limit:g}mm"] = float(np.sum(values <= limit)) / max(total, 1)
+    metrics.update(_confidence_metrics(errors, is_present, confidence))
     return metrics
 
 
+def _confidence_metrics(
+    errors: NDArray[np.float64], present: NDArray[np.bool_], confidence: list[float] | None
+) -> dict[str, float]:
+    """``confidence_auroc``, ``kept_at_conf_T`` and ``miss_rate_at_conf_T`` (see compute_metrics)."""
+    nan = float("nan")
+    located = present & np.isfinite(errors)
+    scores = np.asarray(confidence, dtype=np.float64)[located] if confidence is not None else np.zeros(0)
+    hits = errors[located] <= MISS_MM
+    if confidence is None or not np.all(np.isfinite(scores)):
+        scores, hits = np.zeros(0), np.zeros(0, bool)
+    metrics = {"confidence_auroc": auroc(scores, hits) if scores.size else nan}
+    for threshold in CONFIDENCE_THRESHOLDS:
+        kept = scores >= threshold
+        metrics[f"kept_at_conf_{threshold:g}"] = float(kept.mean()) if scores.size else nan
+        metrics[f"miss_rate_at_conf_{threshold:g}"] = float(np.mean(~hits[kept])) if kept.any() else nan
+    return metrics
+
+
+def row_present(row: dict[str, Any]) -> bool:
+    """Whether an errors.csv row's landmark is in the scan: its ``present`` field, else a finite
+    true x coordinate (``true_x_lps``), else True."""
+    if "present" in row:
+        return bool(row["present"])
+    truth = row.get("true_x_lps")
+    return truth is None or bool(np.isfinite(float(truth)))
+
+
 def metrics_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """``method -> landmark (and "all") -> compute_metrics`` of landmark rows (errors.csv rows)."""
+    """``method -> landmark (and "all") -> compute_metrics`` of landmark rows (errors.csv rows:
+    ``method``, ``landmark``, ``error_mm``, ``found``, ``seconds``; ``confidence`` and
+    ``present`` / ``true_x_lps`` when there, see :func:`row_present`)."""
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         grouped[(row["method"], row["landmark"])].append(row)
         grouped[(row["method"], "all")].append(row)
     metrics: dict[str, Any] = defaultdict(dict)
     for (method, landmark), items in grouped.items():
+        has_confidence = all("confidence" in r for r in items)
         metrics[method][landmark] = compute_metrics(
-            [r["error_mm"] for r in items], [r["found"] for r in items], [r["seconds"] for r in items]
+            [r["error_mm"] for r in items],
+            [r["found"] for r in items],
+            [r["seconds"] for r in items],
+            confidence=[r["confidence"] for r in items] if has_confidence else None,
+            present=[row_present(r) for r in items],
         )
     return dict(metrics)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.experiments.metrics import MISS_MM
+from agents.experiments.metrics import CONFIDENCE_THRESHOLDS, MISS_MM
 from agents.search import Alignment, Detection
 from envs.io.atomic import atomic_path, atomic_write_text
 from envs.tasks import UNIT, AlignmentPair, AlignmentWorld, LandmarkWorld
@@ -90,28 +90,71 @@ def _save_figure(fig: Any, path: Path, dpi: int) -> Path:
 
 # ---------------------------------------------------------------------- landmarks
 def landmark_markdown(metrics: dict[str, Any], title: str) -> str:
-    """A Markdown table of landmark metrics: one row per method and landmark, "all" last."""
+    """A Markdown table of landmark metrics: one row per method and landmark, "all" last; then a
+    table of how well each method's confidence flags its misses (the "all" rows).
+
+    Example:
+        >>> from agents.experiments.metrics import compute_metrics
+        >>> m = compute_metrics(
+        ...     [1.0, 30.0, float("nan")],
+        ...     [True, True, False],
+        ...     [0.01] * 3,
+        ...     confidence=[0.9, 0.2, 0.0],
+        ...     present=[True, True, False],
+        ... )
+        >>> text = landmark_markdown({"agent": {"all": m}}, "demo")
+        >>> "| agent | **all** | 2 |" in text, "| agent | 1.00 |" in text
+        (True, True)
+    """
     lines = [
         f"### {title}",
         "",
         "Errors over the landmarks each method found; a landmark not found counts as a miss "
-        f"(misses: not found, or error > {MISS_MM:g} mm).",
+        f"(misses: not found, or error > {MISS_MM:g} mm). Absent landmarks (not in the scan or "
+        "outside its field of view) are scored apart: reported absent (ok) or found (false).",
         "",
         "| method | landmark | n | mean ± std (mm) | median | p95 | max "
-        "| ≤2 mm | ≤4 mm | ≤8 mm | misses | ms/landmark |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ≤2 mm | ≤4 mm | ≤8 mm | misses | absent: ok / false | ms/landmark |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, per_landmark in metrics.items():
         for landmark in sorted(per_landmark, key=lambda n: (n == "all", n)):
             m = per_landmark[landmark]
-            lines.append(
-                f"| {method} | {'**all**' if landmark == 'all' else landmark} | {m['n']} | "
+            absent = f"{m['absent_correct']} / {m['false_detections']}" if m.get("n_absent", 0) else "-"
+            errors = (
                 f"{m['mean_mm']:.2f} ± {m['std_mm']:.2f} | {m['median_mm']:.2f} | {m['p95_mm']:.2f} | "
-                f"{m['max_mm']:.2f} | {m['within_2mm']:.0%} | {m['within_4mm']:.0%} | "
-                f"{m['within_8mm']:.0%} | "
-                f"{m['misses']} | {m['ms_per_landmark']:.1f} |"
+                f"{m['max_mm']:.2f} | {m['within_2mm']:.0%} | {m['within_4mm']:.0%} | {m['within_8mm']:.0%}"
+                if m["n"]
+                else " | ".join(["-"] * 7)  # absent from every case: nothing to measure
             )
+            lines.append(
+                f"| {method} | {'**all**' if landmark == 'all' else landmark} | {m['n']} | {errors} | "
+                f"{m['misses']} | {absent} | {m['ms_per_landmark']:.1f} |"
+            )
+    lines += [
+        "",
+        "Confidence as a miss flag (all landmarks present and located): AUROC of the confidence "
+        f"separating hits from misses (> {MISS_MM:g} mm; 1 perfect, 0.5 chance, n/a with one class), "
+        "and the miss rate among the answers at or above a confidence (share kept).",
+        "",
+        "| method | AUROC | "
+        + " | ".join(f"misses at conf ≥ {t:g} (kept)" for t in CONFIDENCE_THRESHOLDS)
+        + " |",
+        "|---|---|" + "---|" * len(CONFIDENCE_THRESHOLDS),
+    ]
+    for method, per_landmark in metrics.items():
+        m = per_landmark.get("all", {})
+        cells = [_share(m.get("confidence_auroc"), ".2f")]
+        for t in CONFIDENCE_THRESHOLDS:
+            miss_rate, kept = m.get(f"miss_rate_at_conf_{t:g}"), m.get(f"kept_at_conf_{t:g}")
+            cells.append(f"{_share(miss_rate, '.0%')} ({_share(kept, '.0%')})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None, spec: str) -> str:
+    """``value`` formatted by ``spec``; ``n/a`` for None or NaN."""
+    return "n/a" if value is None or not np.isfinite(value) else format(value, spec)
 
 
 def plot_errors(rows: list[dict[str, Any]], path: Path) -> None:

@@ -6,7 +6,8 @@ The map:
   (:class:`LandmarkPolicy`, :class:`AlignmentPolicy`), the Q-network policy (both tasks) and
   the ground-truth oracles.
 - :mod:`agents.search.landmark`: :func:`detect_landmarks`, every agent of a volume batched,
-  with consensus over starts and a confidence per landmark.
+  with consensus over starts, a confidence per landmark and an optional sub-voxel answer from
+  the Q-values at the end (:func:`subvoxel_offset`).
 - :mod:`agents.search.align`: :func:`align` on a transform's parameters and
   :func:`refine_alignment` (SimpleITK polish of a rigid answer).
 - :mod:`agents.search.register`: :func:`register` two volumes, :func:`write_registration`.
@@ -16,7 +17,16 @@ take the finest level's end as the answer.
 """
 
 from agents.search.align import AlignConfig, Alignment, align, refine_alignment
-from agents.search.landmark import Detection, SearchConfig, detect_landmarks, scored_detections, start_points
+from agents.search.landmark import (
+    AGREEMENT_VOX,
+    FINAL_POINTS,
+    Detection,
+    SearchConfig,
+    detect_landmarks,
+    scored_detections,
+    start_points,
+    subvoxel_offset,
+)
 from agents.search.policies import (
     AgentState,
     AlignmentOracle,
@@ -28,6 +38,8 @@ from agents.search.policies import (
 from agents.search.register import register, write_registration
 
 __all__ = [
+    "AGREEMENT_VOX",
+    "FINAL_POINTS",
     "AgentState",
     "AlignConfig",
     "Alignment",
@@ -44,5 +56,6 @@ __all__ = [
     "register",
     "scored_detections",
     "start_points",
+    "subvoxel_offset",
     "write_registration",
 ]

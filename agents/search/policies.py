@@ -46,10 +46,13 @@ class AgentState:
     level_steps: NDArray[np.int64]  # (B,)
     blocked: NDArray[np.int64]  # (B,) blocked moves at the current level
     last_q_max: NDArray[np.float64]  # (B,)
-    final_lps: NDArray[np.float64]  # (B, 3) sub-voxel answer (cycle_mean), NaN until set
+    last_q: NDArray[np.float64]  # (B, 6) the Q-values of each agent's last step
+    final_lps: NDArray[np.float64]  # (B, 3) sub-voxel answer (cycle_mean, q_subvoxel), NaN until set
     recent: list[list[tuple[int, ...]]] = field(default_factory=list)  # (z, y, x) per position
     # max Q when acting from each of ``recent``: the lowest marks where the agent expects no gain.
     recent_q: list[list[float]] = field(default_factory=list)
+    # the 6 Q-values when acting from each of ``recent`` (``None`` until the agent acted there)
+    recent_q_values: list[list[NDArray[np.float64] | None]] = field(default_factory=list)
     trajectories_lps: list[list[NDArray]] = field(default_factory=list)
 
 
@@ -112,10 +115,13 @@ class QNetworkPolicy:
 
 
 class OraclePolicy:
-    """Landmark oracle: Q(a) = decrease of the distance (in voxels of the agent's level) after move a.
+    """Landmark oracle: Q(a) = decrease of the distance (in voxels of the agent's level) after
+    move a; -1 for a move off the grid. These are the env's rewards (``LandmarkEnv.action_rewards``).
 
-    Needs no training; it tests the search logic (levels, oscillation, borders) on its own,
-    and its error is the floor that the finest step sets.
+    Needs no training; it tests the search logic (levels, oscillation, borders) on its own.
+    With ``final_point: "min_q"`` its error is the floor that the finest step sets (half a voxel
+    per axis at most); its Q-values are exact immediate rewards, so ``"q_subvoxel"`` recovers the
+    offset below the grid from them (:func:`agents.search.subvoxel_offset`).
     """
 
     def __call__(
@@ -130,9 +136,17 @@ class OraclePolicy:
                 q[row, 1] = 1.0
                 continue
             position = state.position_zyx[agent]
+            candidates = position[np.newaxis] + ACTIONS_ZYX
             before = np.linalg.norm(position - target)
-            after = np.linalg.norm(position[np.newaxis] + ACTIONS_ZYX - target, axis=1)
-            q[row] = before - after
+            after = np.linalg.norm(candidates - target, axis=1)
+            # A move off the grid gets the env's reward for it (-1, as in action_rewards): else
+            # the least bad move from a voxel on the border may point out, and three such
+            # blocked moves would report a landmark on the border as outside the scan.
+            inside = np.all(
+                (candidates >= 0) & (candidates < variant.pyramid.levels[state.level[agent]].shape_zyx),
+                axis=1,
+            )
+            q[row] = np.where(inside, before - after, -1.0)
         return q
 
 
