@@ -120,7 +120,7 @@ def test_atlas_transfer_recovers_the_rigid_motion(case: dict) -> None:
     assert identity_errors.min() > 10.0  # the motion is large enough to matter
     assert errors.max() < TOLERANCE_MM, errors
     assert errors.max() < identity_errors.min() / 5.0
-    assert [stage.name for stage in result.stages] == ["rigid", "affine", "bspline"]
+    assert [stage.name for stage in result.stages] == ["search", "similarity", "affine", "bspline"]
     assert result.metric_value == result.stages[-1].metric_value < 0.0  # Mattes MI: negative is good
     assert result.seconds > 0.0
 
@@ -149,7 +149,7 @@ def test_rigid_affine_only_is_accurate_and_repeatable(case: dict) -> None:
     config = AtlasConfig(deformable=False, threads=1)
     first = atlas_transfer(case["atlas"], case["landmarks"], case["target"], config=config)
     second = atlas_transfer(case["atlas"], case["landmarks"], case["target"], config=config)
-    assert [stage.name for stage in first.stages] == ["rigid", "affine"]
+    assert [stage.name for stage in first.stages] == ["search", "similarity", "affine"]
     assert isinstance(first.transform, sitk.AffineTransform)
     assert _errors_mm(first.landmarks, case["truth"]).max() < TOLERANCE_MM
     # The metric's samples are seeded, but ITK's optimiser-scale estimation draws from its global
@@ -225,7 +225,7 @@ def test_constant_target_is_rejected(case: dict) -> None:
 def test_no_overlap_raises_a_value_error_that_says_what_to_try(case: dict) -> None:
     # Trusting the headers ("none") with a target 5 m away: no atlas sample maps into it.
     far = Volume(case["target"].voxels, case["target"].spacing_xyz_mm, case["target"].origin_lps_mm + 5000.0)
-    with pytest.raises(ValueError, match="rigid stage failed") as info:
+    with pytest.raises(ValueError, match="similarity stage failed") as info:
         atlas_transfer(case["atlas"], case["landmarks"], far, config=AtlasConfig(initializer="none"))
     assert "initializer='moments'" in str(info.value)
     assert isinstance(info.value.__cause__, RuntimeError)

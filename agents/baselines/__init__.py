@@ -3,8 +3,11 @@
 All points are physical LPS millimetres; every transform maps FIXED (atlas) points to MOVING
 (target) points, SimpleITK's convention.
 
-- :mod:`~agents.baselines.atlas`: :func:`atlas_transfer` and :func:`multi_atlas_transfer`,
-  landmark detection by registering atlases with known landmarks to a target.
+- :mod:`~agents.baselines.atlas`: :func:`atlas_transfer` (and :mod:`~agents.baselines.multi_atlas`:
+  :func:`multi_atlas_transfer`), landmark detection by registering atlases with known
+  landmarks to a target, started robustly (:mod:`~agents.baselines.foreground`: intensity
+  windows and foreground masks; :mod:`~agents.baselines.start`: moments of the masks and a
+  coarse rotation search).
 - :mod:`~agents.baselines.rigid`: :func:`rigid_baseline`, SimpleITK versor-rigid registration
   with an optional rotation pre-search.
 - :mod:`~agents.baselines.bspline`: :func:`bspline_baseline`, a SimpleITK cubic B-spline over
@@ -20,15 +23,10 @@ Example:
     >>> result.landmarks["carina"]  # LPS mm in the target  # doctest: +SKIP
 """
 
-from agents.baselines.atlas import (
-    AtlasConfig,
-    AtlasResult,
-    MultiAtlasResult,
-    atlas_transfer,
-    multi_atlas_transfer,
-)
+from agents.baselines.atlas import AtlasConfig, AtlasResult, atlas_transfer
 from agents.baselines.bspline import BSplineBaselineConfig, bspline_baseline
 from agents.baselines.elastix import elastix_rigid_baseline
+from agents.baselines.multi_atlas import MultiAtlasResult, multi_atlas_transfer
 from agents.baselines.rigid import RigidBaselineConfig, rigid_baseline
 from agents.baselines.sitk_common import RegistrationResult, StageReport
 

@@ -1,14 +1,28 @@
 """Atlas-based landmark detection: what a user would run instead of a landmark agent.
 
 :func:`atlas_transfer` registers one *atlas* (a training volume whose landmarks are known)
-to a *target* volume with SimpleITK and carries the landmarks over; :func:`multi_atlas_transfer`
-does that for several atlases and fuses the estimates with a per-landmark coordinate-wise
-median. All points are LPS millimetres (SimpleITK's world frame, see :mod:`envs.core`).
+to a *target* volume with SimpleITK and carries the landmarks over;
+:func:`agents.baselines.multi_atlas.multi_atlas_transfer` does that for several atlases and
+fuses the estimates with a per-landmark coordinate-wise median. All points are LPS
+millimetres (SimpleITK's world frame, see :mod:`envs.core`).
 
-The registration is a standard intensity-based pipeline: a centred initialisation (image
-moments or geometry), a multi-resolution rigid stage (versor rigid, Mattes mutual
-information, regular-step gradient descent), an affine stage and optionally a coarse cubic
-B-spline stage (which absorbs shape differences that rigid + affine cannot).
+The registration is a standard intensity-based pipeline, started robustly:
+
+1. intensities windowed per image (``"auto"``: the CT window for CT, robust percentiles for MR,
+   whose units are arbitrary);
+2. foreground masks of both images (:mod:`~agents.baselines.foreground`): the metric samples
+   the atlas only where it has data and counts a sample only where it lands in the target's
+   data, so a skull-stripped target (0 outside the brain) is not pulled onto the atlas's
+   skull and scalp;
+3. a centred start (moments of the foreground masks, or of the intensities, or the grid
+   centres) and a coarse search over initial rotations (:mod:`~agents.baselines.start`);
+4. multi-resolution stages with Mattes mutual information (which also handles a T1w atlas
+   against a T2w target): similarity (rigid + isotropic scale; versor rigid with
+   ``similarity=False``), affine, and optionally a coarse cubic B-spline (which absorbs shape
+   differences that the linear stages cannot).
+
+:meth:`AtlasConfig.legacy` gives the former pipeline (moments of the CT-windowed intensities,
+rigid -> affine -> B-spline, no masks, no search), kept for comparisons.
 
 Example:
     >>> from agents.baselines import AtlasConfig, atlas_transfer
@@ -20,13 +34,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 from numpy.typing import ArrayLike, NDArray
 
+from agents.baselines.foreground import CT_WINDOW, foreground_mask, set_masks
 from agents.baselines.sitk_common import (
     StageReport,
     check_fractions,
@@ -43,20 +58,35 @@ from agents.baselines.sitk_common import (
     set_gradient_descent,
     set_lbfgsb,
 )
+from agents.baselines.start import moments_of_masks, search_rotation
 from envs.core import Volume
 
-__all__ = ["AtlasConfig", "AtlasResult", "MultiAtlasResult", "atlas_transfer", "multi_atlas_transfer"]
+__all__ = ["AtlasConfig", "AtlasResult", "atlas_transfer"]
 
 
 @dataclass(frozen=True)
 class AtlasConfig:
-    """Settings of the atlas registration (defaults tuned on 2 mm torso CT phantoms).
+    """Settings of the atlas registration (defaults tuned on 2 mm torso CT phantoms and 1 mm brain MR).
 
     Args:
-        initializer: ``"moments"`` aligns the centres of mass of the (window-normalised)
-            intensities, ``"geometry"`` aligns the centres of the two grids, ``"none"``
-            trusts the scanner coordinates as they are.
-        rigid_iterations: maximum optimiser iterations per pyramid level, rigid stage.
+        initializer: ``"moments"`` aligns the centres of mass of the foreground masks (of the
+            window-normalised intensities if ``foreground_masks`` is off), ``"geometry"``
+            aligns the centres of the two grids, ``"none"`` trusts the scanner coordinates.
+        rigid_iterations: maximum optimiser iterations per pyramid level, first (similarity
+            or rigid) stage.
+        similarity: the first stage optimises rigid motion and one isotropic scale
+            (``Similarity3DTransform``, stage ``"similarity"``); ``False``: rigid only
+            (``VersorRigid3DTransform``, stage ``"rigid"``).
+        foreground_masks: restrict the metric to the foreground of both images
+            (:func:`agents.baselines.foreground.foreground_mask`).
+        mask_dilation_mm: how far the masks reach beyond the thresholded foreground (mm), so
+            that the edge of the data still guides the alignment.
+        rotation_search_deg, rotation_search_steps: the coarse search over initial rotations:
+            ``2 * steps + 1`` angles per axis ``rotation_search_deg`` apart (the default
+            ``steps=2``: 125 rotations of up to +-60 deg about each axis, a few seconds at the
+            coarsest level); ``steps=0`` skips the search.
+        rotation_search_iterations: rigid iterations spent refining each of the best
+            rotations at the coarsest level.
         affine_iterations: maximum optimiser iterations per pyramid level, affine stage
             (0 skips the stage).
         deformable: add a cubic B-spline stage after the affine one.
@@ -77,7 +107,9 @@ class AtlasConfig:
         max_step_mm: largest point displacement of one rigid/affine optimiser step in mm
             at the start of each level (the learning rate is estimated from it).
         intensity_window: intensities are clipped to ``[low, high]`` (HU for CT) and shifted
-            so that ``low`` becomes 0 before registering; ``None`` keeps them as they are.
+            so that ``low`` becomes 0 before registering; ``"auto"`` picks the window per image
+            (:func:`agents.baselines.foreground.auto_window`: ``(-1000, 2000)`` HU for CT, the
+            minimum to the 99.5th percentile for MR); ``None`` keeps intensities as they are.
         seed: seed of the metric's random sampling (0 .. 2**32 - 2); the same seed gives the
             same result. SimpleITK reads 0 as "seed from the wall clock", so 0 is passed to it
             as 2**32 - 1 (:func:`agents.baselines.sitk_common.sitk_seed`).
@@ -87,6 +119,12 @@ class AtlasConfig:
 
     initializer: Literal["moments", "geometry", "none"] = "moments"
     rigid_iterations: int = 200
+    similarity: bool = True
+    foreground_masks: bool = True
+    mask_dilation_mm: float = 5.0
+    rotation_search_deg: float = 30.0
+    rotation_search_steps: int = 2
+    rotation_search_iterations: int = 30
     affine_iterations: int = 100
     deformable: bool = True
     bspline_mesh_size: int | tuple[int, int, int] = 4
@@ -99,9 +137,25 @@ class AtlasConfig:
     sampling_fraction: float | tuple[float, ...] | None = None
     histogram_bins: int = 32
     max_step_mm: float = 4.0
-    intensity_window: tuple[float, float] | None = (-1000.0, 2000.0)
+    intensity_window: tuple[float, float] | Literal["auto"] | None = "auto"
     seed: int = 0
     threads: int | None = None
+
+    @classmethod
+    def legacy(cls, **changes: object) -> AtlasConfig:
+        """The former pipeline: CT window, moments of intensities, rigid -> affine -> B-spline.
+
+        No masks, no rotation search, no scale in the first stage. Kept so that benchmarks can
+        report old against new on the same data; ``changes`` override fields.
+        """
+        settings: dict[str, object] = {
+            "similarity": False,
+            "foreground_masks": False,
+            "rotation_search_steps": 0,
+            "intensity_window": CT_WINDOW,
+        }
+        settings.update(changes)
+        return cls(**settings)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         check_pyramid("AtlasConfig", self.shrink_factors, self.smoothing_sigmas_mm)
@@ -112,6 +166,16 @@ class AtlasConfig:
             check_fractions("AtlasConfig", self.sampling_fraction, len(self.shrink_factors))
         elif self.metric_samples < 100:
             raise ValueError(f"AtlasConfig: metric_samples must be >= 100, got {self.metric_samples}")
+        if self.rotation_search_steps < 0 or not 0 < self.rotation_search_deg <= 180:
+            raise ValueError(
+                "AtlasConfig: need rotation_search_steps >= 0 and 0 < rotation_search_deg <= 180, got "
+                f"{self.rotation_search_steps}, {self.rotation_search_deg}"
+            )
+        if self.mask_dilation_mm < 0 or self.rotation_search_iterations < 1:
+            raise ValueError(
+                "AtlasConfig: need mask_dilation_mm >= 0 and rotation_search_iterations >= 1, got "
+                f"{self.mask_dilation_mm}, {self.rotation_search_iterations}"
+            )
         if self.rigid_iterations < 1 or self.affine_iterations < 0 or self.bspline_iterations < 1:
             raise ValueError(
                 "AtlasConfig: iteration counts must be >= 1 (affine_iterations may be 0), got "
@@ -166,7 +230,8 @@ class AtlasResult:
         seconds: wall-clock time of the whole transfer.
         metric_value: final Mattes mutual information of the last stage (negative; lower
             is better; comparable only between runs on the same pair of images).
-        stages: one report per stage that ran, in order.
+        stages: one report per stage that ran, in order (by default ``search``,
+            ``similarity``, ``affine``, ``bspline``).
     """
 
     landmarks: dict[str, NDArray[np.float64]]
@@ -174,27 +239,6 @@ class AtlasResult:
     seconds: float
     metric_value: float
     stages: tuple[StageReport, ...] = ()
-
-
-@dataclass(frozen=True)
-class MultiAtlasResult:
-    """Per-landmark median of several atlas transfers.
-
-    Args:
-        landmarks: name -> coordinate-wise median LPS point in mm, over the atlases that
-            have that landmark and registered successfully.
-        spread_mm: name -> median distance (mm) of the single-atlas estimates from the fused
-            point; a cheap confidence measure (large = atlases disagree).
-        per_atlas: the single-atlas result of each atlas, ``None`` where it failed.
-        failures: ``(atlas index, error message)`` for each atlas that failed.
-        seconds: wall-clock time of all transfers.
-    """
-
-    landmarks: dict[str, NDArray[np.float64]]
-    spread_mm: dict[str, float]
-    per_atlas: list[AtlasResult | None]
-    failures: list[tuple[int, str]] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def _check_landmarks(landmarks: Mapping[str, ArrayLike]) -> dict[str, NDArray[np.float64]]:
@@ -211,12 +255,17 @@ def _check_landmarks(landmarks: Mapping[str, ArrayLike]) -> dict[str, NDArray[np
 
 
 def _registration_method(
-    config: AtlasConfig, fixed: sitk.Image, *, bspline: bool = False
+    config: AtlasConfig,
+    fixed: sitk.Image,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+    *,
+    bspline: bool = False,
 ) -> sitk.ImageRegistrationMethod:
-    """Mattes MI, linear interpolation and the pyramid (the B-spline one if ``bspline``)."""
+    """Mattes MI, linear interpolation, the masks and the pyramid (the B-spline one if ``bspline``)."""
     shrinks = config.bspline_shrink_factors if bspline else config.shrink_factors
     sigmas = config.bspline_smoothing_sigmas_mm if bspline else config.smoothing_sigmas_mm
-    return pyramid_method(
+    method = pyramid_method(
         shrinks,
         sigmas,
         config.sampling_fractions(fixed.GetSize(), shrinks),
@@ -224,6 +273,8 @@ def _registration_method(
         seed=config.seed,
         threads=config.threads,
     )
+    set_masks(method, fixed_mask, moving_mask)
+    return method
 
 
 def atlas_transfer(
@@ -259,23 +310,57 @@ def atlas_transfer(
     # by T exactly, with no inversion (a B-spline has no closed-form inverse).
     fixed = prepare_image(atlas, "atlas", config.intensity_window)
     moving = prepare_image(target, "target", config.intensity_window)
+    fixed_mask = moving_mask = None
+    if config.foreground_masks:
+        fixed_mask = foreground_mask(fixed, config.mask_dilation_mm)
+        moving_mask = foreground_mask(moving, config.mask_dilation_mm)
     stages: list[StageReport] = []
 
-    rigid = initial_rigid(fixed, moving, config.initializer)
-    method = _registration_method(config, fixed)
-    set_gradient_descent(method, config.rigid_iterations, config.max_step_mm)
-    method.SetInitialTransform(rigid, inPlace=True)
-    stages.append(execute("rigid", method, fixed, moving, config.initializer))
+    if config.initializer == "moments" and fixed_mask is not None and moving_mask is not None:
+        rigid = moments_of_masks(fixed_mask, moving_mask)
+    else:
+        rigid = initial_rigid(fixed, moving, config.initializer)
+    if config.rotation_search_steps > 0:
+        rigid, report = search_rotation(
+            fixed,
+            moving,
+            rigid,
+            fixed_mask=fixed_mask,
+            moving_mask=moving_mask,
+            step_deg=config.rotation_search_deg,
+            steps=config.rotation_search_steps,
+            shrink=config.shrink_factors[0],
+            sigma_mm=config.smoothing_sigmas_mm[0],
+            samples=config.metric_samples,
+            histogram_bins=config.histogram_bins,
+            seed=config.seed,
+            threads=config.threads,
+            iterations=config.rotation_search_iterations,
+            max_step_mm=config.max_step_mm,
+        )
+        stages.append(report)
 
-    # The affine stage starts from the rigid result (same centre), so it only refines scale
-    # and shear; optimising one affine transform avoids stacking composites.
-    transform: sitk.Transform = rigid
+    linear: sitk.Transform = rigid
+    if config.similarity:
+        linear = sitk.Similarity3DTransform()
+        linear.SetCenter(rigid.GetCenter())
+        linear.SetMatrix(rigid.GetMatrix())
+        linear.SetTranslation(rigid.GetTranslation())
+    method = _registration_method(config, fixed, fixed_mask, moving_mask)
+    set_gradient_descent(method, config.rigid_iterations, config.max_step_mm)
+    method.SetInitialTransform(linear, inPlace=True)
+    name = "similarity" if config.similarity else "rigid"
+    stages.append(execute(name, method, fixed, moving, config.initializer))
+
+    # The affine stage starts from the similarity (or rigid) result (same centre), so it only
+    # refines anisotropic scale and shear; one affine transform avoids stacking composites.
+    transform: sitk.Transform = linear
     if config.affine_iterations > 0:
         affine = sitk.AffineTransform(3)
-        affine.SetCenter(rigid.GetCenter())
-        affine.SetMatrix(rigid.GetMatrix())
-        affine.SetTranslation(rigid.GetTranslation())
-        method = _registration_method(config, fixed)
+        affine.SetCenter(linear.GetCenter())
+        affine.SetMatrix(linear.GetMatrix())
+        affine.SetTranslation(linear.GetTranslation())
+        method = _registration_method(config, fixed, fixed_mask, moving_mask)
         set_gradient_descent(method, config.affine_iterations, config.max_step_mm)
         method.SetInitialTransform(affine, inPlace=True)
         stages.append(execute("affine", method, fixed, moving, config.initializer))
@@ -286,7 +371,7 @@ def atlas_transfer(
         # initial transform, so the full mapping is affine(bspline(x)) =
         # CompositeTransform([affine, bspline]) (SimpleITK applies the last transform first).
         bspline = sitk.BSplineTransformInitializer(fixed, list(config.mesh_size_xyz), order=3)
-        method = _registration_method(config, fixed, bspline=True)
+        method = _registration_method(config, fixed, fixed_mask, moving_mask, bspline=True)
         set_lbfgsb(method, config.bspline_iterations)
         method.SetMovingInitialTransform(transform)
         method.SetInitialTransform(bspline, inPlace=True)
@@ -303,62 +388,4 @@ def atlas_transfer(
         seconds=time.perf_counter() - start,
         metric_value=stages[-1].metric_value,
         stages=tuple(stages),
-    )
-
-
-def multi_atlas_transfer(
-    atlases: Sequence[tuple[Volume, Mapping[str, ArrayLike]]],
-    target: Volume,
-    config: AtlasConfig = AtlasConfig(),
-) -> MultiAtlasResult:
-    """Transfer landmarks from several atlases and fuse them by coordinate-wise median.
-
-    The median ignores a minority of failed registrations (e.g. one atlas flipped or
-    mis-aligned), which is why it is the common fusion rule for point estimates.
-
-    Args:
-        atlases: ``(atlas volume, landmarks name -> LPS mm)`` pairs; landmark sets may differ.
-        target: the volume to find the landmarks in.
-        config: registration settings shared by all atlases.
-
-    Returns:
-        A :class:`MultiAtlasResult`. An atlas whose registration raises ``ValueError`` is
-        recorded in ``failures`` and left out of the median.
-
-    Raises:
-        ValueError: no atlases, or every atlas failed (the first failure is chained).
-    """
-    start = time.perf_counter()
-    if len(atlases) == 0:
-        raise ValueError("multi_atlas_transfer: need at least one (atlas, landmarks) pair, got none")
-    target = check_volume(target, "target")
-    per_atlas: list[AtlasResult | None] = []
-    failures: list[tuple[int, str]] = []
-    first_error: ValueError | None = None
-    for index, (atlas, landmarks) in enumerate(atlases):
-        try:
-            per_atlas.append(atlas_transfer(atlas, landmarks, target, config=config))
-        except ValueError as error:
-            per_atlas.append(None)
-            failures.append((index, str(error)))
-            first_error = first_error or error
-    successes = [result for result in per_atlas if result is not None]
-    if not successes:
-        raise ValueError(
-            f"multi_atlas_transfer: all {len(atlases)} atlas registrations failed; first: {first_error}"
-        ) from first_error
-
-    fused: dict[str, NDArray[np.float64]] = {}
-    spread: dict[str, float] = {}
-    names = sorted({name for result in successes for name in result.landmarks})
-    for name in names:
-        estimates = np.stack([r.landmarks[name] for r in successes if name in r.landmarks])
-        fused[name] = np.median(estimates, axis=0)
-        spread[name] = float(np.median(np.linalg.norm(estimates - fused[name], axis=1)))
-    return MultiAtlasResult(
-        landmarks=fused,
-        spread_mm=spread,
-        per_atlas=per_atlas,
-        failures=failures,
-        seconds=time.perf_counter() - start,
     )

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
+from agents.baselines.foreground import auto_window
 from envs.core import Volume, rigid_parts
 
 __all__ = ["RegistrationResult", "StageReport"]
@@ -59,7 +60,8 @@ class StageReport:
     """How one registration stage ended.
 
     Args:
-        name: ``"rigid"``, ``"affine"`` or ``"bspline"``.
+        name: ``"search"`` (the atlas baseline's rotation search; ``iterations`` counts the
+            rotations tried), ``"rigid"``, ``"similarity"``, ``"affine"`` or ``"bspline"``.
         metric_value: final Mattes MI at the finest level (negative; lower is better).
         iterations: optimiser iterations at the last level.
         stop_condition: SimpleITK's description of why the optimiser stopped.
@@ -141,7 +143,11 @@ def sampling_fractions(
     return tuple(fractions)
 
 
-def check_window(owner: str, window: tuple[float, float] | None) -> None:
+def check_window(owner: str, window: tuple[float, float] | str | None) -> None:
+    if isinstance(window, str):
+        if window != "auto":
+            raise ValueError(f"{owner}: intensity_window must be (low, high), 'auto' or None, got {window!r}")
+        return
     if window is not None and not (len(window) == 2 and window[0] < window[1]):
         raise ValueError(f"{owner}: intensity_window must be (low, high) with low < high, got {window}")
 
@@ -212,10 +218,16 @@ def check_pair(fixed: object, moving: object, caller: str) -> tuple[Volume, Volu
 
 
 def prepare_image(
-    volume: Volume, role: str, window: tuple[float, float] | None, caller: str = "atlas_transfer"
+    volume: Volume, role: str, window: tuple[float, float] | str | None, caller: str = "atlas_transfer"
 ) -> sitk.Image:
-    """float32 SimpleITK image with intensities clipped to the window and shifted to >= 0."""
+    """float32 SimpleITK image with intensities clipped to the window and shifted to >= 0.
+
+    ``window="auto"`` picks it per image (:func:`auto_window`: the CT window for CT, robust
+    percentiles for MR).
+    """
     voxels = volume.voxels.astype(np.float32)
+    if isinstance(window, str):
+        window = auto_window(voxels)
     if window is not None:
         low, high = window
         # Clipping keeps scanner padding (-3024 HU) and metal from stretching Mattes' histogram
