@@ -158,7 +158,7 @@ class AgentConfig:
 
     Attributes:
         algorithm: ``"dqn"`` (SB3's target), ``"double"`` (Double DQN target) or ``"greedy"``
-            (registration only: Liao et al.'s supervised greedy Q-learning, where the known
+            (Liao et al.'s supervised greedy Q-learning, for landmarks and registration: the known
             ground truth gives the reward of every action, see :mod:`agents.greedy`).
         dueling: Use the dueling head (V + A - mean A).
         channels: Conv channels of :class:`agents.networks.VolumeFeatures`.
@@ -328,8 +328,8 @@ def build_model(
     """
     if config.algorithm == "greedy":
         raise ValueError(
-            "build_model: algorithm 'greedy' is trained by agents.greedy.GreedyTrainer (registration "
-            "tasks), not by SB3's DQN; use algorithm 'dqn' or 'double' here"
+            "build_model: algorithm 'greedy' is trained by agents.greedy (LandmarkGreedyTrainer, "
+            "GreedyTrainer), not by SB3's DQN; use algorithm 'dqn' or 'double' here"
         )
     set_torch_threads(config.torch_threads)
     replay_buffer_kwargs: dict[str, Any] = {"handle_timeout_termination": True}

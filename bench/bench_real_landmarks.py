@@ -145,7 +145,8 @@ def bench_set(name: str, args: argparse.Namespace, stamp: str) -> dict[str, Any]
         {key: summary.get(key) for key in ("num_timesteps", "minutes", "steps_per_s", "best_val_median_mm")}
     )
     folder = run / f"bench-real-{stamp}"
-    evaluate = [str(run), "--baseline", "atlas", "--out", str(folder / "test")]
+    baseline = [] if args.no_atlas else ["--baseline", "atlas"]
+    evaluate = [str(run), *baseline, "--out", str(folder / "test")]
     evaluate_minutes = run_process("evaluate.py", evaluate)
     table = by_condition(folder / "test" / "errors.csv", conditions)
     absent = absent_handling(run, folder, data, conditions, folder / "predict_absent")
@@ -195,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--skip-train", action="append", default=[], metavar="SET=RUN", help="evaluate RUN")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
+    parser.add_argument(
+        "--no-atlas", action="store_true", help="agent and oracle only (the atlas takes ~90 s a scan)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "real_landmarks.json")
     args = parser.parse_args(argv)
     for item in args.skip_train:

@@ -85,7 +85,7 @@ class TrainConfig:
     """How long to train, how often to validate and checkpoint, and when to stop early."""
 
     total_timesteps: int = 100_000
-    """env steps (registration greedy learner: rendered samples) to train for"""
+    """env steps (greedy learners: rendered samples) to train for"""
     max_minutes: float = 10.0
     """wall-clock limit of one training session (minutes)"""
     eval_every_steps: int = 10_000
@@ -187,7 +187,7 @@ class LandmarkExperiment:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """augmented variants of the training cases"""
     agent: AgentConfig = field(default_factory=AgentConfig)
-    """the DQN agent"""
+    """the agent: dqn / double (SB3) or greedy (supervised on all 6 action rewards, agents.greedy)"""
     train: TrainConfig = field(default_factory=TrainConfig)
     """training length, validation, checkpoints"""
     search: SearchConfig = field(default_factory=SearchConfig)

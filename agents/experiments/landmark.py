@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.logger import configure as configure_logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
 import envs
 from agents.checkpoints import load_policy
-from agents.dqn import build_model
+from agents.dqn import build_model, build_policy
 from agents.experiments.config import LandmarkExperiment
 from agents.experiments.data import evaluation_dataset, make_world, validation_split
 from agents.experiments.metrics import metrics_from_rows, summarise_runs
@@ -41,6 +44,7 @@ from agents.experiments.runs import (
     resume_point,
 )
 from agents.experiments.validation import landmark_score, validate
+from agents.greedy import GreedyConfig, LandmarkGreedyTrainer, train_with_callbacks
 from agents.search import Detection, OraclePolicy, QNetworkPolicy, detect_landmarks, scored_detections
 from envs import io
 from envs.data import Case, Dataset
@@ -59,10 +63,14 @@ def train_landmark(
     state: dict[str, Any],
     run_dir: Path | None,
 ) -> int:
-    """Train a DQN landmark agent; ``run`` is the run to resume (None: create one at ``run_dir``).
+    """Train a landmark agent; ``run`` is the run to resume (None: create one at ``run_dir``).
 
-    A failure or an interrupt before the first checkpoint removes only what this call made
-    (:func:`agents.experiments.runs.new_run_or_nothing`).
+    ``agent.algorithm`` ``dqn`` / ``double`` train SB3's (Double) DQN on ``env.n_envs`` envs;
+    ``greedy`` regresses the same network on the known rewards of all 6 actions of states from
+    the same envs (:class:`agents.greedy.LandmarkGreedyTrainer`), counting rendered samples as
+    steps. Both share validation, best-model saving, early stop, checkpoints, ``max_minutes``
+    and ``--resume``. A failure or an interrupt before the first checkpoint removes only what
+    this call made (:func:`agents.experiments.runs.new_run_or_nothing`).
     """
     if run is None:
         check_run_dir(run_dir)  # refused now, before the worlds are built
@@ -77,6 +85,7 @@ def train_landmark(
         print("train.py: warning: no val split; validating on the training cases", file=sys.stderr)
     val_world = make_world(experiment, dataset, val_split, landmarks=names)
     val_world.variant(0)  # loads one case now: a level finer than the data fails here, not mid-run
+    _build_variants(train_world, dataset, experiment.train.progress_bar)
     # envs: built like train_world and sharing its dataset cache, so train_world renders every env's poses
     env_kwargs = dict(
         dataset=dataset,
@@ -90,27 +99,36 @@ def train_landmark(
         world_seed=experiment.seed,
         max_episode_steps=experiment.env.max_episode_steps,
     )
-    vec_env = DummyVecEnv(
-        [lambda: gym.make(envs.LANDMARK_ENV_ID, **env_kwargs) for _ in range(experiment.env.n_envs)]
-    )
-    vec_env.seed(experiment.seed)
+
+    def make_env() -> gym.Env:
+        return gym.make(envs.LANDMARK_ENV_ID, **env_kwargs)
+
+    greedy = experiment.agent.algorithm == "greedy"
+    vec_env = None if greedy else DummyVecEnv([make_env for _ in range(experiment.env.n_envs)])
+    if vec_env is not None:
+        vec_env.seed(experiment.seed)
     resuming = run is not None
     if run is None:
         run = create_run(experiment, path=run_dir)
     with new_run_or_nothing(run):
         if not has_names:
             run.write_landmark_names(names)  # evaluate.py reads the model's landmark order from here
-        resumed, done_steps = resume_point(run, vec_env) if resuming else (None, 0)
-        # model
-        model = build_model(
-            experiment.agent,
-            vec_env,
-            seed=experiment.seed,
-            tensorboard_log=str(run.path / "tb"),
-            pose_renderer=train_world.observations_from_poses,
+        spaces = (train_world.observation_space(), ACTIONS)
+        resumed, done_steps = (
+            resume_point(run, spaces if vec_env is None else vec_env) if resuming else (None, 0)
         )
-        if resuming:
-            resume_model(model, resumed, done_steps, experiment.agent.learning_starts)
+        # model
+        model = None
+        if vec_env is not None:
+            model = build_model(
+                experiment.agent,
+                vec_env,
+                seed=experiment.seed,
+                tensorboard_log=str(run.path / "tb"),
+                pose_renderer=train_world.observations_from_poses,
+            )
+            if resuming:
+                resume_model(model, resumed, done_steps, experiment.agent.learning_starts)
         remaining = experiment.train.total_timesteps - done_steps
         if remaining <= 0:
             print(f"train.py: {run.path} already trained {done_steps} steps; nothing to do")
@@ -128,25 +146,91 @@ def train_landmark(
         print(
             f"train.py: run folder {run.path} ({len(names)} landmarks, "
             f"{len(train_world.cases)} training cases x "
-            f"{train_world.n_variants // len(train_world.cases)} variants)"
+            f"{train_world.n_variants // len(train_world.cases)} variants, {experiment.agent.algorithm})"
         )
         began = time.perf_counter()
-        model.learn(
-            remaining,
-            callback=callbacks,
-            progress_bar=experiment.train.progress_bar,
-            reset_num_timesteps=not resuming,
-            tb_log_name="dqn",
-        )
+        if model is None:
+            num_timesteps = _learn_greedy(
+                experiment, run, resumed, make_env, spaces[0], callbacks, done_steps
+            )
+        else:
+            model.learn(
+                remaining,
+                callback=callbacks,
+                progress_bar=experiment.train.progress_bar,
+                reset_num_timesteps=not resuming,
+                tb_log_name="dqn",
+            )
+            num_timesteps = int(model.num_timesteps)
         minutes = (time.perf_counter() - began) / 60.0
         # summary
-        rate = write_summary(run, validation, int(model.num_timesteps), done_steps, minutes)
+        rate = write_summary(run, validation, num_timesteps, done_steps, minutes)
+        unit = "samples" if greedy else "steps"
         print(
-            f"train.py: {model.num_timesteps} steps in {minutes:.1f} min ({rate:.0f} steps/s); "
+            f"train.py: {num_timesteps} {unit} in {minutes:.1f} min ({rate:.0f} {unit}/s); "
             f"best validation median {validation.best_mm:.2f} mm; saved {run.best_policy}"
         )
-        vec_env.close()
+        if vec_env is not None:
+            vec_env.close()
         return 0
+
+
+def _build_variants(world: Any, dataset: Dataset, progress_bar: bool) -> None:
+    """Build the training variants (augmented pyramids) now, before the run's clock starts.
+
+    As registration builds its pairs: ``train.max_minutes`` then measures learning, for every
+    learner alike, instead of the first resets' augmentation (about 1 s per variant). The envs
+    share these through the dataset's cache; building stops when the cache is nearly full,
+    since more would only evict what was built.
+    """
+    cache = dataset.cache
+    for index in tqdm(range(world.n_variants), desc="variants", unit="variant", disable=not progress_bar):
+        if cache.used_bytes >= 0.9 * cache.budget_bytes:
+            break
+        world.variant(index)
+
+
+def _learn_greedy(
+    experiment: LandmarkExperiment,
+    run: Run,
+    resumed: Any,
+    make_env: Callable[[], gym.Env],
+    observation_space: gym.spaces.Dict,
+    callbacks: CallbackList,
+    done_steps: int,
+) -> int:
+    """Liao et al.'s supervised greedy learner on the landmark envs; returns the samples done.
+
+    ``resumed`` is the policy to continue from (None: start afresh). As for DQN, only the
+    weights are resumed: the replay fills again and the optimizer starts afresh.
+    """
+    config = experiment.agent
+    policy = build_policy(config, observation_space, ACTIONS)
+    if resumed is not None:
+        policy.q_net.load_state_dict(resumed.q_net.state_dict())
+    trainer = LandmarkGreedyTrainer.from_config(
+        policy,
+        make_env,
+        GreedyConfig.from_agent_config(config),
+        n_walkers=experiment.env.n_envs,
+        seed=experiment.seed,
+    )
+    print(
+        f"train.py: {envs.LANDMARK_ENV_ID} with the greedy learner ({trainer.capacity} samples kept, "
+        f"{len(trainer.walkers)} walkers)"
+    )
+    logger = configure_logger(str(run.path / "tb"), ["tensorboard"])
+    try:
+        return train_with_callbacks(
+            trainer,
+            callbacks,
+            logger,
+            experiment.train.total_timesteps,
+            done_steps,
+            experiment.train.progress_bar,
+        )
+    finally:
+        trainer.close()
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure as configure_logger
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -53,7 +52,7 @@ from agents.experiments.runs import (
     resume_point,
 )
 from agents.experiments.validation import alignment_score, validate_alignment
-from agents.greedy import GreedyConfig, GreedyTrainer
+from agents.greedy import GreedyConfig, GreedyTrainer, train_with_callbacks
 from agents.search import QNetworkPolicy, register, write_registration
 from envs import io
 from envs.data import Dataset
@@ -135,15 +134,6 @@ def train_registration(
         return 0
 
 
-class _GreedyModel:
-    """The parts of an SB3 model that the training callbacks read, for the greedy learner."""
-
-    def __init__(self, policy: Any, logger: Any) -> None:
-        self.policy = policy
-        self.logger = logger
-        self.num_timesteps = 0
-
-
 def _learn_greedy(
     experiment: AlignmentExperiment,
     run: Run,
@@ -164,25 +154,14 @@ def _learn_greedy(
         policy, train_world, GreedyConfig.from_agent_config(config), seed=experiment.seed
     )
     logger = configure_logger(str(run.path / "tb"), ["tensorboard"])
-    model = _GreedyModel(policy, logger)
-    callbacks.init_callback(model)  # type: ignore[arg-type]
-    steps = done_steps
-    total = experiment.train.total_timesteps
-    with tqdm(total=total - done_steps, unit="sample", disable=not experiment.train.progress_bar) as bar:
-        while steps < total:
-            before = trainer.samples
-            loss = trainer.update()
-            steps += trainer.samples - before
-            bar.update(trainer.samples - before)
-            if trainer.updates % 100 == 0:
-                logger.record("train/loss", float(np.mean(trainer.losses[-100:])))
-                logger.dump(steps)
-                bar.set_postfix(loss=f"{loss:.4f}")
-            model.num_timesteps = steps
-            if not callbacks.on_step():
-                break
-    callbacks.on_training_end()
-    return steps
+    return train_with_callbacks(
+        trainer,
+        callbacks,
+        logger,
+        experiment.train.total_timesteps,
+        done_steps,
+        experiment.train.progress_bar,
+    )
 
 
 def _learn_dqn(
