@@ -11,7 +11,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import envs
 from agents.search import OraclePolicy, SearchConfig, detect_landmarks
 from envs.core import Volume
-from envs.data import AugmentConfig, Dataset, augmented_pyramid
+from envs.data import AugmentConfig, Dataset, appearance_bank, augmented_pyramid
 from envs.phantom import LANDMARK_NAMES, phantom_dataset
 from envs.tasks import ACTION_NAMES, ACTIONS_ZYX, LandmarkEnv, LandmarkWorld
 
@@ -312,3 +312,131 @@ def test_landmarks_outside_the_field_of_view_are_never_sought(tmp_path) -> None:
             assert np.isfinite(reward)
     assert "carina" not in seen
     assert "L2_body" in seen
+
+
+# ---------------------------------------------------------------------- per-episode appearance
+def test_poses_rebuild_observations_exactly_with_appearances(dataset: Dataset) -> None:
+    augment = AugmentConfig(variants_per_case=0, appearances=8)  # appearances need no spatial variant
+    env = make(dataset, frames=3, augment=augment)
+    poses, observations, appearances = [], [], set()
+    for seed in range(6):
+        observation, info = env.reset(seed=seed)
+        poses.append(info["pose"])
+        observations.append(observation)
+        appearances.add(info["appearance"])
+        for action in [0, 2, 5]:
+            observation, *_, info = env.step(action)
+            poses.append(info["pose"])
+            observations.append(observation)
+    assert len(poses[0]) == env.unwrapped.world.pose_dim == 4 + 3 * 3
+    assert [pose[-1] for pose in poses[::4]] == [pose[-1] for pose in poses[3::4]]  # fixed per episode
+    assert len(appearances - {0}) >= 2  # drawn per episode, not one for all
+    rebuilt = env.unwrapped.observations_from_poses(np.stack(poses))
+    for row, observation in enumerate(observations):
+        np.testing.assert_array_equal(rebuilt["patch"][row], observation["patch"])
+    # an appearance really changes the patch, and keeps "outside the field of view" at 0
+    pose = next(pose for pose in poses if pose[-1] != 0)
+    plain = env.unwrapped.observations_from_poses(np.concatenate([pose[:-1], [0]])[np.newaxis])["patch"]
+    changed = env.unwrapped.observations_from_poses(pose[np.newaxis])["patch"]
+    assert not np.array_equal(plain, changed)
+    np.testing.assert_array_equal(changed == 0, plain == 0)
+
+
+def test_appearance_zero_renders_what_an_env_without_appearances_renders(dataset: Dataset) -> None:
+    plain = make(dataset, augment=AugmentConfig(variants_per_case=1))
+    varied = make(dataset, augment=AugmentConfig(variants_per_case=1, appearances=16))
+    for seed in range(3):
+        observation, info = plain.reset(seed=seed)
+        # the appearance is drawn after everything else: same case, landmark, level and start
+        _, drawn_info = varied.reset(seed=seed)
+        assert drawn_info["pose"][:-1].tolist() == info["pose"][:-1].tolist()
+        other, other_info = varied.reset(seed=seed, options={"appearance": 0})
+        for action in [0, 3, 4, 4]:
+            np.testing.assert_array_equal(other["patch"], observation["patch"])
+            assert other_info["pose"].tolist() == info["pose"].tolist()
+            observation, reward, *_, info = plain.step(action)
+            other, other_reward, *_, other_info = varied.step(action)
+            assert other_reward == reward
+    with pytest.raises(ValueError, match=r"appearance must be in 0\.\.15"):
+        varied.reset(seed=0, options={"appearance": 16})
+    with pytest.raises(ValueError, match=r"appearance must be in 0\.\.0"):
+        plain.reset(seed=0, options={"appearance": 1})
+
+
+def test_appearance_bank_is_seeded_and_keeps_outside_the_field_of_view_at_zero() -> None:
+    config = AugmentConfig(appearances=32, contrast=0.5, invert=0.3)
+    bank = appearance_bank(config, seed=4, edge_vox=9)
+    again = appearance_bank(config, seed=4, edge_vox=9)
+    other = appearance_bank(config, seed=5, edge_vox=9)
+    np.testing.assert_array_equal(bank.tables, again.tables)
+    np.testing.assert_array_equal(bank.codes, again.codes)
+    assert not np.array_equal(bank.tables, other.tables)
+    np.testing.assert_array_equal(bank.lut(0), np.arange(256))
+    patch = np.random.default_rng(0).integers(0, 256, (9, 9, 9)).astype(np.uint8)
+    patch[:3] = 0
+    monotonic = 0
+    for appearance in range(len(bank)):
+        rendered = bank.render(patch, appearance)
+        assert rendered.dtype == np.uint8
+        np.testing.assert_array_equal(rendered == 0, patch == 0)  # 0 stays 0, tissue never becomes 0
+        monotonic += bool(np.all(np.diff(bank.lut(appearance)[1:].astype(int)) >= 0))
+    assert 0 < monotonic < len(bank)  # some maps reorder the tissues (T1-vs-T2-like), some do not
+
+
+# ---------------------------------------------------------------------- field of view and mask
+def test_cropped_variants_make_landmarks_outside_the_box_absent(dataset: Dataset) -> None:
+    augment = AugmentConfig(variants_per_case=2, elastic_mm=0.0, fov_crop=1.0, fov_keep=(0.4, 0.5))
+    levels = (8.0, 4.0)  # no 2 mm level: each warped variant resamples less
+    world = LandmarkWorld(dataset, "train", LANDMARK_NAMES, levels, 25, 1, None, augment)
+    original = world.variant(world.variant_index("phantom_train_000", 0))
+    absent = 0
+    for aug_id in (1, 2):
+        variant = world.variant(world.variant_index("phantom_train_000", aug_id))
+        finest = variant.pyramid.levels[-1]
+        nonzero = np.argwhere(finest.voxels > 0)
+        kept_fraction = np.ptp(nonzero, axis=0) / np.array(finest.shape_zyx)
+        assert np.all(kept_fraction <= 0.5 + 0.05)  # only the box is left
+        lower, upper = nonzero.min(axis=0) - 1, nonzero.max(axis=0) + 1
+        for row, present in enumerate(variant.present()):
+            if present:  # a present landmark lies in the kept box
+                target = variant.targets_zyx[-1][row]
+                assert np.all(target >= lower), LANDMARK_NAMES[row]
+                assert np.all(target <= upper), LANDMARK_NAMES[row]
+            else:
+                assert np.isnan(variant.targets_zyx[0][row]).all()
+        absent += int((~variant.present()).sum())
+    assert original.present().all()
+    assert absent > 0
+    # the variants built above (cached by the dataset): phantom_train_000's only
+    env = LandmarkEnv(dataset, augment=augment, levels_mm=levels, case_ids=["phantom_train_000"])
+    for seed in range(12):
+        _, info = env.reset(seed=seed)
+        variant = env.world.variant(int(info["pose"][0]))
+        assert variant.present()[LANDMARK_NAMES.index(info["landmark"])]
+        _, reward, *_ = env.step(env.action_space.sample())
+        assert np.isfinite(reward)
+
+
+def test_masked_variants_keep_an_eroded_body_only(dataset: Dataset) -> None:
+    subject = dataset.load("phantom_train_000")
+    plain = AugmentConfig(rotation_deg=0, scale=0, translation_mm=0, elastic_mm=0, bias=0, noise=0)
+    masked = AugmentConfig(
+        rotation_deg=0,
+        scale=0,
+        translation_mm=0,
+        elastic_mm=0,
+        bias=0,
+        noise=0,
+        mask=1.0,
+        mask_erosion_mm=(8, 8),
+    )
+    before, _ = augmented_pyramid(subject.volume, subject.landmarks, (4.0,), "ct", plain, seed=1)
+    after, kept = augmented_pyramid(subject.volume, subject.landmarks, (4.0,), "ct", masked, seed=1)
+    voxels_before, voxels_after = before.levels[0].voxels, after.levels[0].voxels
+    assert np.all((voxels_after == voxels_before) | (voxels_after == 0))  # only removes
+    removed = (voxels_before > 0) & (voxels_after == 0)
+    assert 0.05 < removed.sum() / (voxels_before > 0).sum() < 0.6  # a rim, not everything
+    # the lungs (dark, but inside the body) are kept: the mask fills holes before eroding
+    centre = tuple(np.array(voxels_before.shape) // 2)
+    assert voxels_after[centre] == voxels_before[centre]
+    assert set(kept) <= set(subject.landmarks)

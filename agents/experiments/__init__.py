@@ -42,12 +42,8 @@ from agents.experiments.data import (
     prepare_sdm,
     validation_split,
 )
-from agents.experiments.landmark import (
-    evaluate_landmark_runs,
-    evaluate_run,
-    predict,
-    train_landmark,
-)
+from agents.experiments.landmark import evaluate_landmark_runs, predict, train_landmark
+from agents.experiments.landmark_eval import evaluate_run
 from agents.experiments.loading import (
     apply_overrides,
     experiment_from_mapping,

@@ -24,12 +24,12 @@ from agents.checkpoints import load_policy
 from agents.dqn import build_model, build_policy
 from agents.experiments.config import LandmarkExperiment
 from agents.experiments.data import evaluation_dataset, make_world, validation_split
-from agents.experiments.metrics import metrics_from_rows, summarise_runs
+from agents.experiments.landmark_eval import evaluate_run
+from agents.experiments.metrics import summarise_runs
 from agents.experiments.monitor import training_callbacks, write_summary
 from agents.experiments.reports import (
     landmark_markdown,
     plot_errors,
-    plot_trajectories,
     prediction_stems,
     volume_stem,
     write_csv,
@@ -45,7 +45,7 @@ from agents.experiments.runs import (
 )
 from agents.experiments.validation import landmark_score, validate
 from agents.greedy import GreedyConfig, LandmarkGreedyTrainer, train_with_callbacks
-from agents.search import Detection, OraclePolicy, QNetworkPolicy, detect_landmarks, scored_detections
+from agents.search import QNetworkPolicy, detect_landmarks
 from envs import io
 from envs.data import Case, Dataset
 from envs.io.atomic import atomic_write_text, check_output_folder, new_folder
@@ -234,107 +234,6 @@ def _learn_greedy(
 
 
 # ---------------------------------------------------------------------- evaluation
-def _check_landmarks(run: Run, dataset: Dataset, split: str, names: list[str]) -> None:
-    available = set(dataset.landmark_names([split]))
-    missing = [name for name in names if name not in available]
-    if len(missing) == len(names):
-        raise ValueError(
-            f"run {run.path}: the model was trained on landmarks {names}, but split {split!r} of "
-            f"{dataset.source} has {sorted(available)}; evaluate with data annotated for this model"
-        )
-    if missing:
-        print(
-            f"evaluate.py: note: {missing} not annotated in {split!r}; they are searched but not scored",
-            file=sys.stderr,
-        )
-
-
-def evaluate_run(
-    run: Run, dataset: Dataset, split: str, baseline: str | None, out: Path, gif: bool, atlases: int = 3
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Errors of agent, oracle (and the atlas baseline) on every case of ``split``; returns metrics and rows.
-
-    Also draws the agent's first case's search paths to ``out/trajectories.png`` (and ``.gif``).
-    """
-    experiment = run.experiment
-    names = run.landmark_names()
-    _check_landmarks(run, dataset, split, names)
-    world = make_world(experiment, dataset, split, augment=False, landmarks=names)
-    policy = load_policy(run.policy_path(), (world.observation_space(), ACTIONS))
-    methods: dict[str, Any] = {"agent": QNetworkPolicy(policy), "oracle": OraclePolicy()}
-    rows: list[dict[str, Any]] = []
-    first_detections: dict[str, Detection] | None = None
-    for index in tqdm(range(world.n_variants), desc=f"evaluate {run.path.name}", unit="case"):
-        variant = world.variant(index)
-        for method, policy_fn in methods.items():
-            detections = detect_landmarks(world, variant, policy_fn, config=experiment.search, seed=index)
-            if method == "agent" and first_detections is None:
-                first_detections = detections
-                plot_trajectories(world, variant, detections, out / "trajectories.png", gif)
-            rows.extend(_rows(run, variant, names, method, detections))
-        if baseline == "atlas":
-            rows.extend(_atlas_rows(run, dataset, variant, names, atlases))
-    return metrics_from_rows(rows), rows
-
-
-def _rows(
-    run: Run, variant: Any, names: list[str], method: str, detections: dict[str, Detection]
-) -> list[dict[str, Any]]:
-    """errors.csv rows of one method on one case."""
-    rows = []
-    for name, truth, detection, error, found in scored_detections(
-        names, variant.landmarks_lps_mm, detections
-    ):
-        position = detection.position_lps_mm
-        rows.append(
-            {
-                "run": run.path.name,
-                "case": variant.case_id,
-                "landmark": name,
-                "method": method,
-                "error_mm": error,
-                "found": found,
-                "confidence": detection.confidence,
-                "seconds": detection.seconds,
-                "x_lps": position[0],
-                "y_lps": position[1],
-                "z_lps": position[2],
-                "true_x_lps": truth[0],
-                "true_y_lps": truth[1],
-                "true_z_lps": truth[2],
-            }
-        )
-    return rows
-
-
-def _atlas_rows(
-    run: Run, dataset: Dataset, variant: Any, names: list[str], count: int
-) -> list[dict[str, Any]]:
-    """The atlas baseline's rows: ``count`` training volumes registered to the case, landmarks carried."""
-    from agents.baselines import multi_atlas_transfer
-
-    atlases = []
-    for case in dataset.split("train")[:count]:
-        subject = dataset.load(case)
-        atlases.append((subject.volume, {n: p for n, p in subject.landmarks.items() if n in names}))
-    target = dataset.load(variant.case_id).volume
-    result = multi_atlas_transfer(atlases, target)
-    detections = {}
-    for name in names:
-        point = result.landmarks.get(name, np.full(3, np.nan))
-        detections[name] = Detection(
-            name,
-            np.asarray(point, dtype=float),
-            not np.isnan(point[0]),
-            1.0,
-            0,
-            result.seconds / max(len(names), 1),
-            np.zeros((0, 3)),
-            [],
-        )
-    return _rows(run, variant, names, "atlas", detections)
-
-
 def evaluate_landmark_runs(
     runs: list[Run],
     *,

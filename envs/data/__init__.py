@@ -6,10 +6,14 @@
 - ``cache.py``     ByteLRUCache, nbytes_of
 - ``dataset.py``   Dataset: cases with splits, a cached loader; phantoms via a passed-in loader
 - ``augment.py``   training-time augmentation: landmark variants (affine + elastic warps, gamma,
-                   bias, noise) and registration variants (contrast LUT, noise, partial field of view)
+                   bias, noise, field-of-view box, body mask) and registration variants (contrast
+                   LUT, noise, partial field of view)
+- ``appearance.py`` per-episode appearance: a seeded bank of intensity maps and noise cubes
 """
 
+from envs.data.appearance import NOISE_CUBES, AppearanceBank, appearance_bank
 from envs.data.augment import (
+    APPEARANCE_FIELDS,
     CONTRASTS,
     AugmentConfig,
     augmented_pyramid,
@@ -29,16 +33,20 @@ from envs.data.manifest import read_manifest
 from envs.data.splits import SPLIT_SEED_OFFSETS, SPLITS, phantom_cases
 
 __all__ = [
+    "APPEARANCE_FIELDS",
     "CONTRASTS",
     "MODALITIES",
+    "NOISE_CUBES",
     "SPLITS",
     "SPLIT_SEED_OFFSETS",
+    "AppearanceBank",
     "AugmentConfig",
     "ByteLRUCache",
     "Case",
     "Dataset",
     "PhantomLoader",
     "Subject",
+    "appearance_bank",
     "augmented_pyramid",
     "crop_slab",
     "draw_slab",

@@ -7,7 +7,8 @@ the pieces here:
 * :func:`augmented_pyramid` (landmark tasks): one SimpleITK transform ``T`` that maps a point
   of the augmented image to the original image (``augmented(p) = original(T(p))``, SimpleITK's
   resampling convention; landmarks move with the image through the exact inverse of ``T``),
-  then a gamma curve, a smooth bias field and noise.
+  then a gamma curve, a smooth bias field and noise, then (each with a probability) a random
+  field-of-view box and a skull-stripping-like mask; landmarks they remove become absent.
 * :func:`varied_pyramid` (registration tasks, on the moving side of a pair): a change of
   contrast (:func:`multimodal_lut`, chosen per variant by :func:`is_multimodal`), noise on the
   foreground (:func:`foreground_noise`) and a partial field of view (:func:`draw_slab`,
@@ -18,16 +19,26 @@ Intensities are uint8 (0 = outside the field of view, never tissue).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from envs.core import IntensityPreset, Pyramid, Volume, build_pyramid, empty_grid, field_transform
+from envs.core import (
+    IntensityPreset,
+    Pyramid,
+    Volume,
+    body_mask,
+    build_pyramid,
+    empty_grid,
+    field_transform,
+)
 
 __all__ = [
+    "APPEARANCE_FIELDS",
     "CONTRASTS",
     "AugmentConfig",
     "augmented_pyramid",
@@ -42,6 +53,8 @@ __all__ = [
 ]
 
 CONTRASTS = ("same", "multimodal", "mixed")
+#: The :class:`AugmentConfig` fields of per-episode appearances (rendering only, no variant).
+APPEARANCE_FIELDS = ("appearances", "appearance_gamma", "window", "contrast", "invert", "appearance_noise")
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,19 @@ class AugmentConfig:
         gamma: range (low, high) of the intensity gamma, drawn log-uniformly.
         bias: amplitude of a smooth multiplicative bias field (0.2 = +-20 %).
         noise: std-dev of additive noise as a fraction of the uint8 range.
+        fov_crop: probability that a variant keeps only a random box (field of view); voxels
+            outside it are 0 and landmarks outside it are absent from the variant.
+        fov_keep: range (low, high) of the fraction of each axis the box keeps.
+        mask: probability that a variant keeps only its eroded, hole-filled body (like skull
+            stripping); landmarks in the removed rim are absent from the variant.
+        mask_erosion_mm: range (low, high) of the erosion radius in mm.
+        appearances: per-episode appearances (:mod:`envs.data.appearance`): each reset draws an
+            index in ``[0, appearances)`` (0 = identity); 0 turns them off.
+        appearance_gamma: range (low, high) of an appearance's gamma, drawn log-uniformly.
+        window: an appearance's window shift (fraction of 255) and log-stretch range.
+        contrast: probability that an appearance is a non-monotonic (CT-to-MR-like) remap.
+        invert: probability that an appearance inverts the intensities.
+        appearance_noise: largest std-dev of an appearance's noise (fraction of 255).
     """
 
     variants_per_case: int = 4
@@ -70,14 +96,57 @@ class AugmentConfig:
     gamma: tuple[float, float] = (0.7, 1.4)
     bias: float = 0.15
     noise: float = 0.02
+    fov_crop: float = 0.0
+    fov_keep: tuple[float, float] = (0.5, 0.9)
+    mask: float = 0.0
+    mask_erosion_mm: tuple[float, float] = (2.0, 10.0)
+    appearances: int = 0
+    appearance_gamma: tuple[float, float] = (0.5, 2.0)
+    window: float = 0.15
+    contrast: float = 0.25
+    invert: float = 0.1
+    appearance_noise: float = 0.03
+
+    def spatial(self) -> AugmentConfig:
+        """This config with the per-episode appearance fields at their defaults: what a variant
+        depends on (a cache key that stays valid when only the appearances change)."""
+        defaults = {f.name: f.default for f in fields(AugmentConfig) if f.name in APPEARANCE_FIELDS}
+        return replace(self, **defaults)
 
     def __post_init__(self) -> None:
         if self.variants_per_case < 0:
             raise ValueError(f"augment.variants_per_case: expected >= 0, got {self.variants_per_case}")
-        low, high = self.gamma
-        if not 0 < low <= high:
-            raise ValueError(f"augment.gamma: expected 0 < low <= high, got {self.gamma}")
-        for name in ("rotation_deg", "scale", "translation_mm", "elastic_mm", "bias", "noise"):
+        if self.appearances < 0:
+            raise ValueError(f"augment.appearances: expected >= 0 (0: off), got {self.appearances}")
+        for name in ("gamma", "appearance_gamma"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"augment.{name}: expected 0 < low <= high, got {getattr(self, name)}")
+        low, high = self.fov_keep
+        if not 0 < low <= high <= 1:
+            raise ValueError(
+                f"augment.fov_keep: expected 0 < low <= high <= 1 (fractions), got {self.fov_keep}"
+            )
+        low, high = self.mask_erosion_mm
+        if not 0 <= low <= high:
+            raise ValueError(
+                f"augment.mask_erosion_mm: expected 0 <= low <= high, got {self.mask_erosion_mm}"
+            )
+        for name in ("fov_crop", "mask", "contrast", "invert"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(
+                    f"augment.{name}: expected a probability in [0, 1], got {getattr(self, name)}"
+                )
+        for name in (
+            "rotation_deg",
+            "scale",
+            "translation_mm",
+            "elastic_mm",
+            "bias",
+            "noise",
+            "window",
+            "appearance_noise",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment.{name}: expected >= 0, got {getattr(self, name)}")
         if not self.elastic_grid_mm > 0:
@@ -144,7 +213,9 @@ def augmented_pyramid(
 ) -> tuple[Pyramid, dict[str, NDArray]]:
     """A randomly warped and re-contrasted pyramid of ``volume`` and its moved landmarks.
 
-    Deterministic in ``seed``. The levels share the original pyramid's physical grid.
+    Deterministic in ``seed``. The levels share the original pyramid's physical grid. With
+    ``config.fov_crop`` / ``config.mask`` a variant may keep only a box or an eroded body; the
+    landmarks outside what it keeps are left out of the returned dict (absent).
     """
     rng = np.random.default_rng(seed)
     transform = random_transform(volume, config, rng)
@@ -155,7 +226,12 @@ def augmented_pyramid(
     lut = np.rint(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
     bias_coefficients = rng.uniform(-1, 1, 4) * config.bias
     noise_seed = int(rng.integers(2**31))
-    levels = []
+    # Drawn after everything above, always: variants without crop or mask are unchanged by them.
+    crop = rng.random() < config.fov_crop
+    box_lps = _draw_box(volume, config.fov_keep, rng)
+    mask = rng.random() < config.mask
+    erosion_mm = float(rng.uniform(*config.mask_erosion_mm))
+    levels, kept = [], None
     for index, level in enumerate(pyramid.levels):
         voxels = lut[level.voxels].astype(np.float32)
         voxels *= _bias_field(level, bias_coefficients)
@@ -164,8 +240,56 @@ def augmented_pyramid(
             voxels += noise_rng.normal(0.0, 255.0 * config.noise, size=voxels.shape).astype(np.float32)
         # Outside the field of view stays 0 so "no data" never looks like tissue.
         voxels[level.voxels == 0] = 0.0
+        kept = _kept_region(level, box_lps if crop else None, erosion_mm if mask else None)
+        if kept is not None:
+            voxels[~kept] = 0.0
         levels.append(level.with_voxels(np.clip(np.rint(voxels), 0, 255).astype(np.uint8)))
+    # ``kept`` is the finest level's region now (the loop's last); landmarks outside it are absent.
+    if kept is not None:
+        finest = pyramid.levels[-1]
+        upper = np.array(finest.shape_zyx) - 1
+        for name in list(moved):
+            index_zyx = np.clip(np.rint(finest.lps_to_index(moved[name])[::-1]), 0, upper).astype(int)
+            if not kept[tuple(index_zyx)]:
+                del moved[name]
     return Pyramid(tuple(levels), pyramid.spacings_mm), moved
+
+
+def _draw_box(volume: Volume, keep: tuple[float, float], rng: np.random.Generator) -> NDArray[np.float64]:
+    """A random box ``(2, 3)`` (lower, upper LPS mm) inside ``volume``'s extent that keeps a
+    uniform fraction in ``keep`` of each axis, placed uniformly."""
+    lower, upper = (np.asarray(bound, dtype=np.float64) for bound in volume.extent_lps_mm)
+    fraction = rng.uniform(*keep, size=3)
+    start = lower + rng.uniform(0.0, 1.0, size=3) * (1.0 - fraction) * (upper - lower)
+    return np.stack([start, start + fraction * (upper - lower)])
+
+
+def _kept_region(
+    level: Volume, box_lps: NDArray | None, erosion_mm: float | None
+) -> NDArray[np.bool_] | None:
+    """Voxels ``(z, y, x)`` of a canonical ``level`` inside ``box_lps`` and inside the body eroded by
+    ``erosion_mm``; ``None`` when neither applies."""
+    if box_lps is None and erosion_mm is None:
+        return None
+    kept = np.ones(level.shape_zyx, dtype=np.bool_)
+    if box_lps is not None:
+        for axis_xyz in range(3):
+            # Canonical levels: identity direction, so LPS axis k runs along array axis 2 - k.
+            count = level.shape_zyx[2 - axis_xyz]
+            centres = level.origin_lps_mm[axis_xyz] + level.spacing_xyz_mm[axis_xyz] * np.arange(count)
+            inside = (centres >= box_lps[0, axis_xyz]) & (centres <= box_lps[1, axis_xyz])
+            shape = [1, 1, 1]
+            shape[2 - axis_xyz] = count
+            kept &= inside.reshape(shape)
+    if erosion_mm is not None:
+        body = body_mask(level.voxels)
+        # Fill each axial slice: lungs and bowel gas are dark but inside the body.
+        body = np.stack([ndimage.binary_fill_holes(axial) for axial in body])
+        iterations = round(erosion_mm / float(level.spacing_xyz_mm[0]))
+        if iterations > 0:
+            body = ndimage.binary_erosion(body, iterations=iterations, border_value=1)
+        kept &= body
+    return kept
 
 
 def _bias_field(level: Volume, coefficients: NDArray) -> NDArray[np.float32]:

@@ -3,7 +3,9 @@
 Kept apart from the episode logic (:class:`~envs.tasks.landmark_env.LandmarkEnv`), so that a
 replay buffer that stores poses and the test-time search can render observations without an
 env. Levels are canonical grids (identity direction, isotropic, LPS mm); positions and targets
-are voxel indices ``(z, y, x)`` of a level.
+are voxel indices ``(z, y, x)`` of a level. Per-episode appearances (intensity maps and noise,
+:class:`~envs.data.AppearanceBank`) are applied when a patch is rendered, so they cost a table
+lookup and need no variant of their own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 
 from envs.core import Pyramid, body_centre_zyx, build_pyramid, crop_patch, stable_hash, start_candidates
-from envs.data import AugmentConfig, Dataset, Subject, augmented_pyramid
+from envs.data import AppearanceBank, AugmentConfig, Dataset, Subject, appearance_bank, augmented_pyramid
 from envs.tasks.base import TaskWorld
 
 __all__ = ["LandmarkWorld", "Variant"]
@@ -56,8 +58,10 @@ class LandmarkWorld(TaskWorld):
         patch_size: edge of the cubic patch in voxels (odd, >= 5).
         frames: number of positions in the observation history (most recent first).
         preset: intensity preset, or ``None`` to pick it from each case's modality.
-        augment: augmentation ranges; ``None`` or ``variants_per_case=0`` for none.
-        seed: base seed of the augmentation variants (fixed per world, so poses stay valid).
+        augment: augmentation ranges; ``None`` or ``variants_per_case=0`` for no spatial variants,
+            ``None`` or ``appearances=0`` for no per-episode appearances.
+        seed: base seed of the augmentation variants and of the appearance bank (fixed per world,
+            so poses stay valid).
         case_ids: a subset of the split's cases, or ``None`` for all.
     """
 
@@ -88,6 +92,9 @@ class LandmarkWorld(TaskWorld):
             raise ValueError(f"dataset {dataset.source}: no landmarks to seek; give landmark files or names")
         self.patch_size = int(patch_size)
         self.frames = int(frames)
+        self.appearances: AppearanceBank | None = None
+        if augment is not None and augment.appearances > 0:
+            self.appearances = appearance_bank(augment, self.seed, self.patch_size)
         # What makes two worlds' variants identical; built once, since variant() runs for every
         # pose of every replay sample.
         self._variant_key = (
@@ -95,7 +102,7 @@ class LandmarkWorld(TaskWorld):
             self.levels_mm,
             self.preset,
             self.landmark_names,
-            self.augment,
+            None if self.augment is None else self.augment.spatial(),
             self.seed,
         )
 
@@ -105,7 +112,13 @@ class LandmarkWorld(TaskWorld):
 
     @property
     def pose_dim(self) -> int:
-        return 3 + 3 * self.frames
+        """``[variant, landmark, level, z0, y0, x0, ..., appearance]``: 4 + 3 * frames."""
+        return 4 + 3 * self.frames
+
+    @property
+    def n_appearances(self) -> int:
+        """Appearances an episode may draw (1: the identity only)."""
+        return 1 if self.appearances is None else len(self.appearances)
 
     def observation_space(self) -> spaces.Dict:
         size = self.patch_size
@@ -174,30 +187,55 @@ class LandmarkWorld(TaskWorld):
         )
 
     # ------------------------------------------------------------------ rendering
-    def patch(self, variant: Variant, level: int, center_zyx: NDArray) -> NDArray[np.uint8]:
-        return crop_patch(variant.pyramid.levels[level].voxels, center_zyx, self.patch_size)
+    def patch(
+        self, variant: Variant, level: int, center_zyx: NDArray, appearance: int = 0
+    ) -> NDArray[np.uint8]:
+        """The ``(P, P, P)`` uint8 cube around voxel ``center_zyx`` of ``level``, under ``appearance``
+        (0: the variant's own intensities; 0 outside the field of view under every appearance)."""
+        patch = crop_patch(variant.pyramid.levels[level].voxels, center_zyx, self.patch_size)
+        if appearance == 0:
+            return patch
+        return self._bank(appearance).render(patch, appearance)
+
+    def _bank(self, appearance: int) -> AppearanceBank:
+        if self.appearances is None:
+            raise ValueError(
+                f"appearance: this world has none (augment.appearances = 0), got index {appearance}; "
+                "use 0 or build the world with augment.appearances > 0"
+            )
+        self.appearances.check(appearance)
+        return self.appearances
 
     def observation(
-        self, variant: Variant, landmark: int, level: int, history_zyx: NDArray
+        self, variant: Variant, landmark: int, level: int, history_zyx: NDArray, appearance: int = 0
     ) -> dict[str, Any]:
         """One observation; ``history_zyx`` is ``(frames, 3)``, most recent position first."""
-        patches = np.stack([self.patch(variant, level, position) for position in history_zyx])
+        patches = np.stack([self.patch(variant, level, position, appearance) for position in history_zyx])
         return {"patch": patches, "landmark": int(landmark), "level": int(level)}
 
     def observations_from_poses(self, poses: NDArray) -> dict[str, NDArray]:
         """Batch of observations rebuilt from poses ``(B, pose_dim)``.
 
-        A pose is ``[variant, landmark, level, z0, y0, x0, z1, ...]`` (see ``LandmarkEnv.pose``).
+        A pose is ``[variant, landmark, level, z0, y0, x0, z1, ..., appearance]`` (see
+        ``LandmarkEnv.pose``).
         """
         poses = np.asarray(poses)
+        if poses.ndim != 2 or poses.shape[1] != self.pose_dim:
+            raise ValueError(
+                f"observations_from_poses: expected poses of shape (B, {self.pose_dim}) "
+                f"([variant, landmark, level, {self.frames} positions, appearance]), got {poses.shape}"
+            )
         count = len(poses)
         size = self.patch_size
         patch = np.empty((count, self.frames, size, size, size), dtype=np.uint8)
         for row, pose in enumerate(poses):
             variant = self.variant(int(pose[0]))
             level = int(pose[2])
+            appearance = int(pose[3 + 3 * self.frames])
             for frame in range(self.frames):
-                patch[row, frame] = self.patch(variant, level, pose[3 + 3 * frame : 6 + 3 * frame])
+                patch[row, frame] = self.patch(
+                    variant, level, pose[3 + 3 * frame : 6 + 3 * frame], appearance
+                )
         return {
             "patch": patch,
             "landmark": poses[:, 1].astype(np.int64),

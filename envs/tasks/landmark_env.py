@@ -40,7 +40,7 @@ ACTION_NAMES: tuple[str, ...] = ("superior", "inferior", "posterior", "anterior"
 _ACTION_MOVES: dict[int, tuple[int, int, int]] = {
     i: tuple(int(v) for v in row) for i, row in enumerate(ACTIONS_ZYX)
 }
-_RESET_OPTIONS = ("case_id", "landmark", "level", "position_lps_mm")
+_RESET_OPTIONS = ("case_id", "landmark", "level", "position_lps_mm", "appearance")
 
 
 class LandmarkEnv(TaskEnv):
@@ -58,6 +58,8 @@ class LandmarkEnv(TaskEnv):
       canonical level grid (+z superior, +y posterior, +x patient left); frame 0 is the
       current position, then earlier positions. Voxels are one level spacing (``levels_mm``)
       apart, so the patch spans ``P`` times that; outside the scanned field of view they are 0.
+      With ``augment.appearances > 0`` the episode's appearance (an intensity map and noise)
+      is applied; 0 stays 0.
     * ``"landmark"``: ``Discrete(n_landmarks)``: index into ``landmark_names``.
     * ``"level"``: ``Discrete(n_levels)``: 0 is the coarsest level.
 
@@ -75,9 +77,11 @@ class LandmarkEnv(TaskEnv):
     uniformly. With ``schedule="random"`` the level is drawn uniformly; at the coarsest level
     the agent starts at a random voxel inside the body, at a finer level within
     ``start_radius_vox`` voxels (per axis) of the landmark, where the coarser level leaves it.
-    With ``schedule="coarse"`` every episode starts at the coarsest level. ``reset`` options
-    ``case_id``, ``landmark``, ``level`` and ``position_lps_mm`` fix any of these; any other
-    option is a ``ValueError``.
+    With ``schedule="coarse"`` every episode starts at the coarsest level. With
+    ``augment.appearances = N > 0`` an appearance index is drawn uniformly in ``[0, N)`` (0 is
+    the identity), after all the draws above. ``reset`` options ``case_id``, ``landmark``,
+    ``level``, ``position_lps_mm`` and ``appearance`` fix any of these; any other option is a
+    ``ValueError``.
 
     ## Episode End
     ``schedule="random"`` (training) never terminates: episodes are truncated by the time
@@ -88,9 +92,10 @@ class LandmarkEnv(TaskEnv):
 
     ## Info
     ``distance_mm`` (to the landmark), ``position_lps_mm`` (LPS mm), ``level``, ``spacing_mm``,
-    ``landmark`` (name), ``case_id``, ``blocked``, and ``pose``/``previous_pose`` (int32
-    vectors ``[variant, landmark, level, z0, y0, x0, z1, ...]`` from which
-    :meth:`LandmarkWorld.observations_from_poses` rebuilds observations exactly).
+    ``landmark`` (name), ``case_id``, ``appearance``, ``blocked``, and ``pose``/``previous_pose``
+    (int32 vectors ``[variant, landmark, level, z0, y0, x0, z1, ..., appearance]`` of length
+    ``4 + 3 * frames``, from which :meth:`LandmarkWorld.observations_from_poses` rebuilds
+    observations exactly).
 
     ## Arguments
     * ``dataset``: a :class:`~envs.data.Dataset`, a manifest path, or ``None`` for
@@ -101,7 +106,8 @@ class LandmarkEnv(TaskEnv):
       are resampled to them; one much coarser than the finest level gets a ``UserWarning``.
     * ``patch_size``: odd, >= 5 (25 and 45 tested). ``frames``: history length (1..16).
     * ``preset``: intensity preset (``"ct"``, ``"ct_soft"``, ``"mr"``; default by modality).
-    * ``augment``: :class:`~envs.data.AugmentConfig` (training-time variants) or ``None``.
+    * ``augment``: :class:`~envs.data.AugmentConfig` (training-time variants and per-episode
+      appearances) or ``None``.
     * ``schedule``: ``"random"`` or ``"coarse"``. ``start_radius_vox``: see Starting State.
     * ``render_mode``: ``"rgb_array"`` gives three orthogonal slices through the agent with
       its trajectory (yellow) and the landmark (red).
@@ -109,7 +115,8 @@ class LandmarkEnv(TaskEnv):
       valid). ``case_ids``: a subset of the split's cases (default: all).
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version; the pose gained its trailing appearance index with per-episode
+      appearances (observations without them are unchanged).
     """
 
     def __init__(
@@ -152,6 +159,7 @@ class LandmarkEnv(TaskEnv):
         self._variant_index = 0
         self._landmark = 0
         self._level = 0
+        self._appearance = 0
         self._position = np.zeros(3, dtype=np.int64)
         self._position_tuple = (0, 0, 0)
         self._target_tuple = (0.0, 0.0, 0.0)
@@ -211,6 +219,7 @@ class LandmarkEnv(TaskEnv):
             position = variant.pyramid.index_zyx(self._level, point)
         else:
             position = self._random_start()
+        self._appearance = self._draw_appearance(options)
         self._enter_level(self._level, position)
         self._update_pose()
         self._trajectory_lps = [self._position_lps()] if self.render_mode is not None else []
@@ -238,7 +247,7 @@ class LandmarkEnv(TaskEnv):
         terminated = False
         revisit = self._recent.visit(self._position_tuple)
         oscillating = not blocked and revisit
-        patch = self.world.patch(self._variant, self._level, self._position)
+        patch = self.world.patch(self._variant, self._level, self._position, self._appearance)
         self._history = [self._position, *self._history[:-1]]
         self._frame_patches = [patch, *self._frame_patches[:-1]]
         if self.schedule == "coarse" and oscillating:
@@ -292,6 +301,7 @@ class LandmarkEnv(TaskEnv):
             "spacing_mm": spacing,
             "landmark": self.landmark_names[self._landmark],
             "case_id": self._variant.case_id if self._variant else "",
+            "appearance": self._appearance,
             "blocked": blocked,
             "pose": self._pose,
         }
@@ -319,12 +329,13 @@ class LandmarkEnv(TaskEnv):
         self._target_tuple = (float(target[0]), float(target[1]), float(target[2]))
         self._set_position(self._clip(position))
         self._history = [self._position] * self.world.frames
-        patch = self.world.patch(self._variant, level, self._position)
+        patch = self.world.patch(self._variant, level, self._position, self._appearance)
         self._frame_patches = [patch] * self.world.frames
         self._recent.start(self._position_tuple)
 
     def _update_pose(self) -> None:
-        self._pose = pack_pose((self._variant_index, self._landmark, self._level), *self._history)
+        header = (self._variant_index, self._landmark, self._level)
+        self._pose = pack_pose(header, *self._history, (self._appearance,))
 
     def _position_lps(self) -> NDArray[np.float64]:
         # Levels are canonical (identity direction, isotropic): lps = origin + spacing * (x, y, z).
@@ -334,6 +345,24 @@ class LandmarkEnv(TaskEnv):
         assert self._variant is not None
         upper = np.array(self._variant.pyramid.levels[self._level].shape_zyx) - 1
         return np.clip(np.asarray(position, dtype=np.int64), 0, upper)
+
+    def _draw_appearance(self, options: dict[str, Any]) -> int:
+        """The episode's appearance: ``options["appearance"]`` (checked), else drawn when the world
+        has a bank (only then: without one, the random stream is the same as without appearances)."""
+        count = self.world.n_appearances
+        if "appearance" in options:
+            appearance = options["appearance"]
+            if isinstance(appearance, bool) or not isinstance(appearance, (int, np.integer)):
+                raise ValueError(
+                    f"reset: appearance must be an integer in 0..{count - 1}, got {appearance!r}"
+                )
+            if not 0 <= appearance < count:
+                raise ValueError(
+                    f"reset: appearance must be in 0..{count - 1} (augment.appearances = "
+                    f"{count if count > 1 else 0}), got {appearance}"
+                )
+            return int(appearance)
+        return int(self.np_random.integers(count)) if count > 1 else 0
 
     def _random_start(self) -> NDArray[np.int64]:
         assert self._variant is not None
