@@ -33,11 +33,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from envs import io  # noqa: E402  (the repository root is put on the path first)
+from agents.experiments import MISS_MM, summarise_errors  # noqa: E402  (the root is on the path now)
+from envs import io  # noqa: E402
 from envs.io.atomic import atomic_write_text  # noqa: E402
 
 CONFIG = ROOT / "configs" / "landmark_own_data.yaml"
-MISS_MM = 10.0
 METHODS = ("agent", "atlas", "oracle")
 
 
@@ -60,18 +60,17 @@ def error_summary(rows: list[dict[str, str]]) -> dict[str, float]:
     """
     absent = [r for r in rows if r.get("true_x_lps", "0").lower() == "nan"]
     present = [r for r in rows if r.get("true_x_lps", "0").lower() != "nan"]
-    errors = np.array([float(r["error_mm"]) for r in present if r["found"] == "True"], dtype=np.float64)
-    not_found = len(present) - errors.size
-    nan = float("nan")
+    errors = [float(r["error_mm"]) for r in present if r["found"] == "True"]
+    not_found = len(present) - len(errors)
+    summary = {key: value for key, value in summarise_errors(errors).items() if key.endswith("_mm")}
+    misses = sum(error > MISS_MM for error in errors) + not_found
+    seconds = [float(r["seconds"]) for r in rows]
     return {
         "n": len(present),
-        "mean_mm": float(errors.mean()) if errors.size else nan,
-        "median_mm": float(np.median(errors)) if errors.size else nan,
-        "p95_mm": float(np.percentile(errors, 95)) if errors.size else nan,
-        "max_mm": float(errors.max()) if errors.size else nan,
+        **summary,
         "not_found": not_found,
-        "percent_over_10mm": 100.0 * (int(np.sum(errors > MISS_MM)) + not_found) / max(len(present), 1),
-        "ms_per_landmark": 1000.0 * float(np.mean([float(r["seconds"]) for r in rows])) if rows else nan,
+        "percent_over_10mm": 100.0 * misses / max(len(present), 1),
+        "ms_per_landmark": 1000.0 * float(np.mean(seconds)) if seconds else float("nan"),
         "n_absent": len(absent),
         "absent_reported_found": sum(r["found"] == "True" for r in absent),
     }
