@@ -16,20 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from stable_baselines3.common.utils import set_random_seed
-
 from agents.experiments import (
     ConfigError,
-    LandmarkExperiment,
-    check_cases,
     check_run_dir,
     load_experiment,
     open_run,
-    prepare_dataset,
-    train_landmark,
-    train_registration,
+    train_experiment,
 )
-from agents.networks import set_torch_threads
 from envs.io.cli import OneLineArgumentParser, print_error
 
 
@@ -68,17 +61,8 @@ def train(args: argparse.Namespace) -> int:
         run, state = None, {}
         if args.run_dir is not None:
             check_run_dir(args.run_dir)
-    # 2. seeding and threads (1 torch thread on a small CPU is the fastest)
-    set_torch_threads(experiment.agent.torch_threads)
-    set_random_seed(experiment.seed)
-    # 3. data: every case of every split checked before a run folder exists, so bad input
-    #    costs seconds and leaves nothing behind
-    dataset = prepare_dataset(experiment)
-    check_cases(experiment, dataset)
-    # 4. worlds, envs, run folder, model, callbacks, learning and summary, per task
-    if isinstance(experiment, LandmarkExperiment):
-        return train_landmark(experiment, dataset, run, state, args.run_dir)
-    return train_registration(experiment, dataset, run, state, args.run_dir)
+    # 2. seeding, data checks, then the task's training (agents/experiments/dispatch.py)
+    return train_experiment(experiment, run, state, args.run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ __all__ = [
 
 _ALGORITHMS = ("dqn", "double", "greedy")
 _REPLAYS = ("pose", "sb3")
+_BACKENDS = ("sb3", "rllib")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -180,6 +181,8 @@ class AgentConfig:
         exploration_final_eps: Final epsilon.
         replay: ``"pose"`` (store poses, re-render at sample time) or ``"sb3"`` (store patches).
         torch_threads: torch intra-op threads (1 is fastest on a small CPU box).
+        backend: ``"sb3"`` (stable-baselines3 in this process) or ``"rllib"`` (Ray RLlib's DQN with
+            env runners; needs the ``medgym[ray]`` extra).
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     """
 
@@ -203,11 +206,14 @@ class AgentConfig:
     exploration_final_eps: float = 0.05
     replay: Literal["pose", "sb3"] = "pose"
     torch_threads: int = 1
+    backend: Literal["sb3", "rllib"] = "sb3"
     device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.algorithm not in _ALGORITHMS:
             raise ValueError(f"AgentConfig.algorithm: expected one of {_ALGORITHMS}, got {self.algorithm!r}")
+        if self.backend not in _BACKENDS:
+            raise ValueError(f"AgentConfig.backend: expected one of {_BACKENDS}, got {self.backend!r}")
         if self.replay not in _REPLAYS:
             raise ValueError(f"AgentConfig.replay: expected one of {_REPLAYS}, got {self.replay!r}")
         if not isinstance(self.dueling, bool):

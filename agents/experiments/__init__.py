@@ -42,6 +42,7 @@ from agents.experiments.data import (
     prepare_sdm,
     validation_split,
 )
+from agents.experiments.dispatch import train_experiment
 from agents.experiments.landmark import evaluate_landmark_runs, predict, train_landmark
 from agents.experiments.landmark_eval import evaluate_run
 from agents.experiments.loading import (
@@ -201,6 +202,7 @@ __all__ = [
     "summarise_errors",
     "summarise_runs",
     "to_mapping",
+    "train_experiment",
     "train_landmark",
     "train_registration",
     "training_callbacks",
