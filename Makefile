@@ -4,7 +4,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format bench bench-real clean
+# The newest Gymnasium 1.x: the base install must keep working with it as well as with the
+# gymnasium==1.2.2 that Ray's RLlib pins. Installed apart (no deps, once) and put first on PYTHONPATH.
+GYM_LATEST := 1.4.0
+GYM_LATEST_DIR := $(VENV)/gym-latest
+GYM_LATEST_STAMP := $(GYM_LATEST_DIR)/.installed-$(GYM_LATEST)
+# A few env / API / training-smoke tests for that pass (< 60 s on a quiet 2-core machine).
+COMPAT_TESTS := tests/test_gym_versions.py \
+	tests/test_landmark_env.py::test_registered_id_passes_gymnasium_and_sb3_checks \
+	tests/test_landmark_env.py::test_same_seed_gives_the_same_rollout \
+	tests/test_landmark_env.py::test_zero_argument_make_works_on_phantoms \
+	tests/test_cli.py::test_smoke_train_writes_a_self_describing_run
+
+.PHONY: setup demo test test-gym-latest test-slow lint format bench bench-tune bench-real clean
 
 setup: $(STAMP)
 
@@ -13,8 +25,13 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
+
+$(GYM_LATEST_STAMP): $(STAMP)
+	rm -rf $(GYM_LATEST_DIR)
+	$(PY) -m pip install --quiet --no-deps --target $(GYM_LATEST_DIR) gymnasium==$(GYM_LATEST)
+	touch $@
 
 # Generates phantoms (once), trains a small agent for a few minutes, evaluates it on held-out
 # phantoms beside the oracle and the atlas baseline. Replaces runs/demo.
@@ -31,8 +48,14 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# lint, the whole suite (Gymnasium as installed: 1.2.2), then the compatibility pass (newest 1.x)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-gym-latest
+
+test-gym-latest: $(GYM_LATEST_STAMP)
+	MEDGYM_GYMNASIUM_VERSION=$(GYM_LATEST) PYTHONPATH=$(GYM_LATEST_DIR) \
+		$(PY) -m pytest -q -p no:cacheprovider $(COMPAT_TESTS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
@@ -41,6 +64,10 @@ bench: $(STAMP)
 	$(PY) bench/bench_foundation.py
 	$(PY) bench/bench_landmark_env.py
 	$(PY) bench/bench_agents.py
+
+# Ray Tune throughput: 4 short trials in this process vs as Tune trials 1 and 2 at a time.
+bench-tune: $(STAMP)
+	$(PY) bench/bench_tune.py
 
 # Real-anatomy landmark benchmark: two PyPI wheels (MNI ICBM152 2009c templates, the AFIDs
 # fiducials, CerebrA labels) -> data/real (once), then train the own-data config and evaluate.

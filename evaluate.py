@@ -7,13 +7,19 @@
 
     python evaluate.py runs/landmark_phantom-20261125-101500 [more runs ...]
         [--data MANIFEST] [--split test] [--baseline atlas] [--gif] [--out DIR]
+    python evaluate.py runs/landmark_phantom-sweep-20261125-101500     (a sweep: its finished trials)
     python evaluate.py RUN --predict scan1.nii.gz scan2.nrrd --out predictions/
+    python evaluate.py RUN --predict scans/ manifest.csv --workers 8 [--ray-address auto]
+
+    python evaluate.py runs/custom_env-... [more runs ...] [--episodes 50] [--out DIR]
 
 For every run: the agent's search on every case of the split, beside the oracle (greedy on
 the true distance: the floor that the finest step sets) and optionally a baseline (landmarks:
 register training volumes to each test volume with SimpleITK and carry their landmarks;
 registration: SimpleITK, elastix). Writes metrics.json, a CSV of every result, metrics.md and
-PNG plots; several landmark runs (training seeds) are summarised as mean +- std. Bad input
+PNG plots; several landmark runs (training seeds) are summarised as mean +- std. A ``task: custom``
+run (any Gymnasium env) is scored by seeded episodes of its greedy policy: return, and the final
+``distance_mm`` / ``tre_mm`` and success where the env's info has them (episodes.csv). Bad input
 prints one line (``evaluate.py: error: ...``) and exits with status 2.
 """
 
@@ -26,11 +32,14 @@ from pathlib import Path
 from agents.checkpoints import read_checkpoint
 from agents.experiments import (
     ConfigError,
+    evaluate_custom_runs,
     evaluate_landmark_runs,
     evaluate_registration_run,
     open_run,
     predict,
 )
+from agents.experiments.predict import prediction_inputs
+from agents.experiments.sweep import expand_run_folders
 from agents.networks import set_torch_threads
 from envs.io import check_output_folder
 from envs.io.cli import OneLineArgumentParser, print_error
@@ -40,16 +49,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineArgumentParser(
         prog="evaluate.py", description="Evaluate medgym runs in mm on held-out volumes."
     )
-    parser.add_argument("runs", nargs="+", type=Path, help="run folder(s) made by train.py")
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="run folder(s) made by train.py; a sweep folder means its trials"
+    )
     parser.add_argument("--data", type=Path, help="manifest to evaluate on (default: the run's own data)")
     parser.add_argument("--split", choices=("train", "val", "test"), help="split to evaluate (default test)")
     parser.add_argument(
         "--baseline",
         action="append",
-        choices=("atlas", "sitk", "sitk-presearch", "elastix"),
-        help="also run a baseline: atlas (landmark task); sitk, sitk-presearch, elastix (rigid: "
-        "SimpleITK VersorRigid3D + Mattes MI, optionally after an exhaustive rotation search, or "
-        "elastix); sitk (sdm: SimpleITK B-spline). Repeat for several",
+        choices=("atlas", "sitk", "sitk-presearch", "sitk-moments", "elastix"),
+        help="also run a baseline: atlas (landmark task); sitk, sitk-presearch, sitk-moments, elastix "
+        "(rigid: SimpleITK VersorRigid3D + Mattes MI from the start, optionally after an exhaustive "
+        "rotation search, or from its moments initialisation; or elastix); sitk (sdm: SimpleITK "
+        "B-spline). Repeat for several",
     )
     parser.add_argument(
         "--misalignments",
@@ -88,20 +100,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gif", action="store_true", help="landmark task: also write an animated GIF of one search"
     )
-    parser.add_argument("--out", type=Path, help="output folder (default RUN/eval-SPLIT)")
+    parser.add_argument(
+        "--episodes", type=int, help="custom task: episodes per run (default: the run's evaluate.episodes)"
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default RUN/eval-SPLIT; custom: RUN/eval)")
     parser.add_argument(
         "--predict",
         nargs="+",
         type=Path,
         metavar="VOLUME",
-        help="landmark task: write predicted landmarks (.fcsv, .mrk.json) for these volumes instead",
+        help="landmark task: write predicted landmarks (.fcsv, .mrk.json per scan, predictions.csv) for "
+        "these volume files, DICOM series folders, folders of scans or manifests instead",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="--predict: Ray tasks at once (with medgym[ray]; default 1: in this process)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="--predict: run the tasks on this Ray cluster (auto, HOST:6379, ray://HOST:10001)",
     )
     return parser.parse_args(argv)
 
 
 # Flags that only one kind of run reads: given for the other kind, they are refused.
 REGISTRATION_ONLY = ("register", "misalignments", "trials", "conditions", "png", "refine")
-LANDMARK_ONLY = ("predict", "gif", "atlases")
+LANDMARK_ONLY = ("predict", "gif", "atlases", "workers", "ray_address")
+CUSTOM_ONLY = ("episodes",)
+# What a custom run reads: its own env config; the data and method flags are the medgym tasks'.
+NOT_CUSTOM = (*REGISTRATION_ONLY, *LANDMARK_ONLY, "data", "split", "baseline")
 # Flags that a --predict / --register call does not read (it works on the given files only).
 EVALUATION_ONLY = (
     "data",
@@ -126,6 +156,18 @@ def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
 
 def check_flags(args: argparse.Namespace, task: str) -> None:
     """Refuse flags that the runs' task, or the chosen mode (--predict, --register), does not read."""
+    if task == "custom":
+        wrong = _given(args, NOT_CUSTOM)
+        if wrong:
+            raise ValueError(
+                f"{wrong[0]} does not apply to custom runs (scored by episodes): drop {wrong[0]}"
+            )
+        if args.episodes is not None and args.episodes < 1:
+            raise ValueError(f"--episodes: expected >= 1, got {args.episodes}")
+        return
+    wrong = _given(args, CUSTOM_ONLY)
+    if wrong:
+        raise ValueError(f"{wrong[0]} applies to custom runs only; this is a {task} run: drop {wrong[0]}")
     registration = task != "landmark"
     wrong = _given(args, LANDMARK_ONLY if registration else REGISTRATION_ONLY)
     if wrong:
@@ -136,14 +178,17 @@ def check_flags(args: argparse.Namespace, task: str) -> None:
             extra = _given(args, EVALUATION_ONLY)
             if extra:
                 raise ValueError(f"{extra[0]} does not apply to --{mode}, which reads only the given files")
-    for name, low in (("trials", 1), ("png", 0), ("atlases", 1)):
+    if not args.predict and (args.workers is not None or args.ray_address is not None):
+        flag = "--workers" if args.workers is not None else "--ray-address"
+        raise ValueError(f"{flag} applies to --predict only")
+    for name, low in (("trials", 1), ("png", 0), ("atlases", 1), ("workers", 1)):
         value = getattr(args, name)
         if value is not None and value < low:
             raise ValueError(f"{_flag(name)}: expected >= {low}, got {value}")
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    runs = [open_run(path) for path in args.runs]
+    runs = [open_run(path) for path in expand_run_folders(args.runs)]
     tasks = sorted({run.experiment.task for run in runs})
     if len(tasks) > 1:
         raise ValueError(f"the runs mix tasks {tasks}; evaluate runs of one task at a time")
@@ -152,6 +197,8 @@ def evaluate(args: argparse.Namespace) -> int:
         read_checkpoint(run.policy_path(), "evaluate.py")
     if args.out is not None:
         check_output_folder(args.out)
+    if tasks[0] == "custom":
+        return evaluate_custom_runs(runs, episodes=args.episodes, out=args.out)
     split = args.split or "test"
     # registration runs (rigid, sdm): one at a time
     if tasks[0] != "landmark":
@@ -180,9 +227,12 @@ def evaluate(args: argparse.Namespace) -> int:
         if len(runs) != 1:
             raise ValueError("--predict takes exactly one run folder")
         out = args.out or runs[0].path / "predictions"
-        written = predict(runs[0], args.predict, out)
+        scans = prediction_inputs(args.predict)
+        written = predict(runs[0], scans, out, workers=args.workers or 1, ray_address=args.ray_address)
         listing = ", ".join(str(path.relative_to(out)) for path in written) or "nothing"
-        print(f"evaluate.py: wrote {len(written)} landmark files to {out}: {listing}")
+        if len(written) > 21:
+            listing = f"{written[0].relative_to(out)} ... {written[-1].relative_to(out)}"
+        print(f"evaluate.py: {len(scans)} scans; wrote {len(written)} files to {out}: {listing}")
         return 0
     return evaluate_landmark_runs(
         runs,

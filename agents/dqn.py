@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -21,13 +22,13 @@ from gymnasium import spaces
 from stable_baselines3 import DQN
 from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.dqn.policies import DQNPolicy
 from torch.nn import functional as F
 
 from agents.checkpoints import make_policy
 from agents.networks import DuelingDQNPolicy, VolumeDQNPolicy, VolumeFeatures, set_torch_threads
-from agents.replay import PoseRenderer, PoseReplayBuffer
+from agents.replay import PoseRenderer, PoseReplayBuffer, ReplayRefused, check_sb3_vec_env, renderer_for
 
 __all__ = [
     "AgentConfig",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 _ALGORITHMS = ("dqn", "double", "greedy")
-_REPLAYS = ("pose", "sb3")
+_REPLAYS = ("pose", "sb3", "auto")
 _BACKENDS = ("sb3", "rllib")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -179,10 +180,18 @@ class AgentConfig:
         target_update_interval: Env steps between target-network copies.
         exploration_fraction: Fraction of training over which epsilon decays from 1.
         exploration_final_eps: Final epsilon.
-        replay: ``"pose"`` (store poses, re-render at sample time) or ``"sb3"`` (store patches).
+        replay: ``"pose"`` (store poses, re-render at sample time through the env's observation
+            wrappers; refused, naming the wrapper, when that cannot give the agent's observation),
+            ``"sb3"`` (SB3's buffer: store observations) or ``"auto"`` (pose when possible, else sb3,
+            with one line on stderr saying why).
         torch_threads: torch intra-op threads (1 is fastest on a small CPU box).
         backend: ``"sb3"`` (stable-baselines3 in this process) or ``"rllib"`` (Ray RLlib's DQN with
             env runners; needs the ``medgym[ray]`` extra).
+        rllib_env_runners: ``backend: rllib`` only: env runner processes that sample (1 CPU each).
+        rllib_envs_per_env_runner: ``backend: rllib`` only: envs stepped together in each runner;
+            0 means ``ceil(env.n_envs / rllib_env_runners)`` (about ``env.n_envs`` in all).
+        rllib_rollout_fragment_length: ``backend: rllib`` only: env steps per env and sample round;
+            0 means automatic (about 64 steps per runner; see :mod:`agents.rllib.config`).
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     """
 
@@ -204,9 +213,12 @@ class AgentConfig:
     target_update_interval: int = 2000
     exploration_fraction: float = 0.3
     exploration_final_eps: float = 0.05
-    replay: Literal["pose", "sb3"] = "pose"
+    replay: Literal["pose", "sb3", "auto"] = "pose"
     torch_threads: int = 1
     backend: Literal["sb3", "rllib"] = "sb3"
+    rllib_env_runners: int = 1
+    rllib_envs_per_env_runner: int = 0
+    rllib_rollout_fragment_length: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -232,10 +244,14 @@ class AgentConfig:
                 f"{len(self.channels)}, {len(self.kernel_sizes)}, {len(self.strides)}"
             )
         positive = ("features_dim", "buffer_size", "batch_size", "train_freq", "target_update_interval")
-        for name in (*positive, "torch_threads"):
+        for name in (*positive, "torch_threads", "rllib_env_runners"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"AgentConfig.{name}: expected a positive integer, got {value!r}")
+        for name in ("rllib_envs_per_env_runner", "rllib_rollout_fragment_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"AgentConfig.{name}: expected an integer >= 0 (0: automatic), got {value}")
         starts = self.learning_starts
         if isinstance(starts, bool) or not isinstance(starts, int) or starts < 0:
             raise ValueError(f"AgentConfig.learning_starts: expected an integer >= 0, got {starts!r}")
@@ -294,16 +310,6 @@ class AgentConfig:
         }
 
 
-def _renderer_from_env(env: VecEnv | gym.Env) -> PoseRenderer | None:
-    """The env's ``observations_from_poses`` when it lives in this process, else None."""
-    if isinstance(env, VecEnv):
-        venv = env.unwrapped
-        if not isinstance(venv, DummyVecEnv):
-            return None
-        env = venv.envs[0]
-    return getattr(env.unwrapped, "observations_from_poses", None)
-
-
 def build_model(
     config: AgentConfig,
     env: VecEnv | gym.Env,
@@ -317,12 +323,15 @@ def build_model(
 
     Args:
         config: The agent settings.
-        env: A Gymnasium env or an SB3 VecEnv (not a Gymnasium vector env) with the patch Dict space.
+        env: A Gymnasium env or an SB3 VecEnv (DummyVecEnv or SubprocVecEnv, optionally under
+            VecMonitor / VecNormalize; not a Gymnasium vector env) with the patch Dict space.
         seed: Seed for SB3 (torch, numpy, action space); None leaves them unseeded.
         tensorboard_log: Folder for tensorboard logs (needs the tensorboard package) or None.
-        pose_renderer: ``renderer(poses (B, pose_dim)) -> dict obs`` for ``replay="pose"``; when None the
-            env's ``observations_from_poses`` is used if the env lives in this process (a plain env or a
-            DummyVecEnv, whose first env must then be able to render every env's poses).
+        pose_renderer: ``renderer(poses (B, pose_dim)) -> dict obs`` for ``replay="pose"``/``"auto"``; when
+            None, :func:`agents.replay.renderer_for` of the env is used if the env lives in this
+            process (a plain env or a DummyVecEnv, whose first env must then be able to render every
+            env's poses). A SubprocVecEnv needs one built here, e.g. ``wrapped_renderer(make_env())``
+            with the factory of its envs.
 
     Returns:
         The model, not yet trained. Its ``replay_buffer_kwargs`` no longer name the renderer, so
@@ -330,8 +339,11 @@ def build_model(
         ``model.replay_buffer.set_renderer(...)``.
 
     Raises:
-        ValueError: If ``replay="pose"`` and no renderer is given or found, or the spaces do not fit.
+        ValueError: If ``env`` is a Gymnasium vector env, ``replay="pose"`` and no renderer is given or
+            can be built (:class:`agents.replay.ReplayRefused`, one line naming the cause), or the
+            spaces do not fit.
     """
+    check_sb3_vec_env(env)
     if config.algorithm == "greedy":
         raise ValueError(
             "build_model: algorithm 'greedy' is trained by agents.greedy (LandmarkGreedyTrainer, "
@@ -339,18 +351,18 @@ def build_model(
         )
     set_torch_threads(config.torch_threads)
     replay_buffer_kwargs: dict[str, Any] = {"handle_timeout_termination": True}
-    if config.replay == "pose":
-        renderer = pose_renderer if pose_renderer is not None else _renderer_from_env(env)
-        if renderer is None:
-            raise ValueError(
-                "build_model: replay='pose' needs pose_renderer (e.g. env.observations_from_poses) "
-                "because the env does not offer observations_from_poses in this process; "
-                "pass one or set replay='sb3'"
-            )
-        replay_buffer_class: type[DictReplayBuffer] = PoseReplayBuffer
+    renderer = pose_renderer
+    if config.replay != "sb3" and renderer is None:
+        try:
+            renderer = renderer_for(env)
+        except ReplayRefused as refusal:
+            if config.replay == "pose":
+                raise
+            print(f"build_model: replay auto: using SB3's replay buffer: {refusal}", file=sys.stderr)
+    replay_buffer_class: type[DictReplayBuffer] = DictReplayBuffer
+    if renderer is not None:
+        replay_buffer_class = PoseReplayBuffer
         replay_buffer_kwargs["renderer"] = renderer
-    else:
-        replay_buffer_class = DictReplayBuffer
 
     algorithm_class = DoubleDQN if config.algorithm == "double" else DQN
     model = algorithm_class(

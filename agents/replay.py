@@ -5,6 +5,10 @@ stores next observations separately on top. An env state is fully described by a
 pose, and the env rebuilds the observation of any pose deterministically, so this buffer keeps
 two poses per transition and asks a ``renderer`` for the patches of the sampled batch only
 (``bench/bench_landmark_env.py`` measures the memory per transition of both).
+
+Wrapped envs: :func:`wrapped_renderer` renders poses with the unwrapped env, then applies the
+observation wrappers of the chain, innermost first, so the replayed observation is the one the
+agent saw. Wrappers that cannot change observations pass; any other one is refused, naming it.
 """
 
 from __future__ import annotations
@@ -12,14 +16,26 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium import wrappers as gym_wrappers
+from stable_baselines3.common import vec_env as sb3_vec
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-__all__ = ["PoseRenderer", "PoseReplayBuffer"]
+__all__ = [
+    "PoseRenderer",
+    "PoseReplayBuffer",
+    "ReplayRefused",
+    "WrappedRenderer",
+    "check_sb3_vec_env",
+    "renderer_for",
+    "wrapped_renderer",
+]
 
 #: ``renderer(poses (B, pose_dim) int32) -> {"patch": (B, frames, P, P, P) uint8, key: (B,) int64, ...}``
 PoseRenderer = Callable[[np.ndarray], Mapping[str, np.ndarray]]
@@ -270,3 +286,164 @@ class PoseReplayBuffer(DictReplayBuffer):
         state = self.__dict__.copy()
         state["renderer"] = None
         return state
+
+
+# ---------------------------------------------------------------------- replay through wrappers
+class ReplayRefused(ValueError):
+    """Pose replay cannot rebuild this env's observations; the message names why, on one line."""
+
+
+# Wrappers that never change observations (the pose replay looks through them), and observation
+# wrappers whose output depends on more than the current observation (running statistics, the step
+# count, past observations, the rendered frame), so that a pose cannot rebuild it.
+_PASSIVE = "TimeLimit OrderEnforcing PassiveEnvChecker RecordEpisodeStatistics RecordVideo RenderCollection"
+_PASSIVE_WRAPPERS: tuple[type, ...] = (
+    gym.RewardWrapper,
+    gym.ActionWrapper,
+    Monitor,
+    *(getattr(gym_wrappers, name) for name in f"{_PASSIVE} HumanRendering Autoreset NormalizeReward".split()),
+)
+_STATEFUL = "NormalizeObservation DelayObservation TimeAwareObservation AddRenderObservation"
+_STATEFUL_OBSERVATION_WRAPPERS = tuple(getattr(gym_wrappers, name) for name in _STATEFUL.split())
+
+
+def _refuse(wrapper: gym.Env, why: str) -> ReplayRefused:
+    return ReplayRefused(
+        f"agent.replay: pose cannot replay through wrapper {type(wrapper).__name__} "
+        f"({' '.join(why.split())}); set agent.replay: sb3 (or auto)"
+    )
+
+
+def _observation_wrappers(env: gym.Env) -> list[gym.ObservationWrapper]:
+    """The chain's observation wrappers, innermost first; refuses a wrapper that may change observations."""
+    chain = []
+    while isinstance(env, gym.Wrapper):
+        chain.append(env)
+        env = env.env
+    applied = []
+    for wrapper in reversed(chain):
+        if isinstance(wrapper, _STATEFUL_OBSERVATION_WRAPPERS):
+            raise _refuse(wrapper, "its observation depends on state, not on the current observation only")
+        if isinstance(wrapper, gym.ObservationWrapper):
+            applied.append(wrapper)
+            continue
+        same_space = wrapper.observation_space == wrapper.env.observation_space
+        if isinstance(wrapper, _PASSIVE_WRAPPERS) and same_space:
+            continue
+        own_step = type(wrapper).step is not gym.Wrapper.step or type(wrapper).reset is not gym.Wrapper.reset
+        if own_step or not same_space:
+            raise _refuse(wrapper, "it overrides step/reset and is not a gymnasium.ObservationWrapper")
+    return applied
+
+
+class WrappedRenderer:
+    """``renderer(poses)``: the unwrapped env's ``observations_from_poses``, then the observation wrappers.
+
+    Each wrapper's ``observation()`` is applied per sample, innermost first, as in ``env.step``. The
+    first batch is checked against the outermost ``observation_space`` (a wrapper whose output
+    is not in it is refused with :class:`ReplayRefused`). Wrappers must be pure functions of the
+    observation (no running statistics): :func:`wrapped_renderer` refuses the known stateful ones.
+
+    Args:
+        base: The unwrapped env's ``observations_from_poses``.
+        wrappers: The ``gymnasium.ObservationWrapper`` s of the chain, innermost first.
+        space: The outermost env's observation space (a ``spaces.Dict``).
+    """
+
+    def __init__(
+        self, base: PoseRenderer, wrappers: list[gym.ObservationWrapper], space: spaces.Space
+    ) -> None:
+        self.base, self.wrappers, self.observation_space = base, wrappers, space
+        self.checked = False
+
+    def __call__(self, poses: np.ndarray) -> dict[str, np.ndarray]:
+        batch = self.base(poses)
+        if not self.wrappers:
+            return dict(batch)
+        inner = self.wrappers[0].env.observation_space
+        rebuilt = []
+        for index in range(len(np.asarray(poses))):
+            obs: Any = _sample(batch, index, inner)
+            for wrapper in self.wrappers:
+                obs = wrapper.observation(obs)
+            rebuilt.append(obs)
+        if not self.checked and not self.observation_space.contains(rebuilt[0]):
+            raise _refuse(self.wrappers[-1], f"the rebuilt observation is not in {self.observation_space}")
+        self.checked = True
+        return {key: np.stack([np.asarray(obs[key]) for obs in rebuilt]) for key in rebuilt[0]}
+
+
+def _sample(batch: Mapping[str, np.ndarray], index: int, space: spaces.Space) -> dict[str, Any]:
+    """Observation ``index`` of a rendered batch, as the env hands it out (Discrete keys as ints)."""
+    sample = {}
+    for key, values in batch.items():
+        value = np.asarray(values)[index]
+        sub = space[key] if isinstance(space, spaces.Dict) and key in space.spaces else None
+        sample[key] = int(value) if isinstance(sub, spaces.Discrete) else value
+    return sample
+
+
+def wrapped_renderer(env: gym.Env) -> WrappedRenderer:
+    """A pose renderer (:class:`WrappedRenderer`) for ``env`` that honours its wrapper chain.
+
+    Args:
+        env: A Gymnasium env, wrapped or not, whose unwrapped env has ``observations_from_poses``.
+
+    Raises:
+        ReplayRefused: If the unwrapped env has no ``observations_from_poses``, the observation space is
+            not a ``spaces.Dict``, or a wrapper may change observations in a way the replay cannot
+            repeat (one line naming the wrapper and saying ``set agent.replay: sb3``).
+    """
+    base = getattr(env.unwrapped, "observations_from_poses", None)
+    if base is None:
+        raise ReplayRefused(
+            f"agent.replay: pose needs the env to rebuild observations from poses: "
+            f"{type(env.unwrapped).__name__} has no observations_from_poses and no pose_renderer was given; "
+            "set agent.replay: sb3 (or auto)"
+        )
+    if not isinstance(env.observation_space, spaces.Dict):
+        raise ReplayRefused(
+            f"agent.replay: pose stores Dict observations, got {type(env.observation_space).__name__}; "
+            "set agent.replay: sb3 (or auto)"
+        )
+    return WrappedRenderer(base, _observation_wrappers(env), env.observation_space)
+
+
+# VecEnv wrappers that leave observations as the envs return them (VecNormalize's statistics are
+# applied by the buffer at sample time, as in SB3).
+_PASSIVE_VEC_WRAPPERS = (sb3_vec.VecMonitor, VecNormalize, sb3_vec.VecCheckNan)
+
+
+def check_sb3_vec_env(env: Any) -> None:
+    """Refuse a Gymnasium vector env where SB3 needs its own VecEnv (the message says how to make one)."""
+    if isinstance(env, gym.vector.VectorEnv):
+        raise ValueError(
+            f"got a Gymnasium vector env ({type(env).__name__}); SB3 takes its own vector "
+            "envs: stable_baselines3.common.vec_env.DummyVecEnv([make_env] * n) (same process) or "
+            "SubprocVecEnv([make_env] * n) (one process per env), e.g. via make_vec_env"
+        )
+
+
+def renderer_for(env: VecEnv | gym.Env) -> PoseRenderer:
+    """A renderer for the env's poses that honours its wrappers, when the env lives in this process.
+
+    Raises:
+        ReplayRefused: One line saying why not (envs in other processes, a wrapper that changes
+            observations, no ``observations_from_poses``) and what to do.
+    """
+    if isinstance(env, VecEnv):
+        while isinstance(env, sb3_vec.VecEnvWrapper):
+            if not isinstance(env, _PASSIVE_VEC_WRAPPERS):
+                raise ReplayRefused(
+                    f"agent.replay: pose cannot replay through {type(env).__name__} (it changes the "
+                    "observations); set agent.replay: sb3 (or auto)"
+                )
+            env = env.venv
+        if not isinstance(env, sb3_vec.DummyVecEnv):
+            raise ReplayRefused(
+                f"agent.replay: pose with {type(env).__name__}: its envs live in other processes; pass "
+                "build_model(pose_renderer=agents.replay.wrapped_renderer(make_env())) built in this "
+                "process, use DummyVecEnv, or set agent.replay: sb3 (or auto)"
+            )
+        env = env.envs[0]
+    return wrapped_renderer(env)

@@ -370,7 +370,13 @@ def _evaluate_cases() -> list[Bad]:
         ),
         ("predict-would-overwrite", (lm, "--predict", "@IN/a/ct.nii.gz", "--out", "@USER"), "ct.fcsv"),
         ("predict-garbage", (lm, "--predict", "@IN/garbage.nii.gz", "--out", "@ROOT/out"), "garbage.nii.gz"),
-        ("predict-a-folder", (lm, "--predict", "@IN/a", "--out", "@ROOT/out"), "@IN/a"),
+        (
+            "predict-folder-without-scans",
+            (lm, "--predict", "@USER/registered", "--out", "@ROOT/out"),
+            "no volume file",
+        ),
+        ("predict-workers-zero", (lm, "--predict", "@IN/phantom.nii.gz", "--workers", "0"), "--workers"),
+        ("workers-without-predict", (lm, "--workers", "2"), "--predict only"),
         ("predict-text-file", (lm, "--predict", "@USER/notes.txt", "--out", "@ROOT/out"), "notes.txt"),
         (
             "predict-second-bad",

@@ -344,8 +344,9 @@ def test_predict_keeps_same_named_inputs_apart(ctx: dict[str, Any]) -> None:
     code, printed, err = run_script("evaluate.py", [*argv, "--out", str(out)])
     assert code == 0, err
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert set(written) <= {"a/ct.fcsv", "a/ct.mrk.json", "b/ct.fcsv", "b/ct.mrk.json"}
-    assert f"wrote {len(written)} landmark files" in printed
+    assert "predictions.csv" in written  # one row per scan and landmark, found or not
+    assert set(written) <= {"a/ct.fcsv", "a/ct.mrk.json", "b/ct.fcsv", "b/ct.mrk.json", "predictions.csv"}
+    assert f"wrote {len(written)} " in printed
     shutil.rmtree(out, ignore_errors=True)
 
 

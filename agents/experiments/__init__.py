@@ -12,6 +12,8 @@ The map:
 - :mod:`~agents.experiments.landmark`, :mod:`~agents.experiments.registration`: train and evaluate
   per task (``train.py`` / ``evaluate.py`` dispatch there); :mod:`~agents.experiments.registration_eval`:
   the registration evaluation.
+- :mod:`~agents.experiments.custom_env`: ``task: custom`` (any Gymnasium env, by id or entry point,
+  wrapped): its config and env factory; :mod:`~agents.experiments.custom`: its training and evaluation.
 - :mod:`~agents.experiments.metrics`: error summaries, success rates, Dice;
   :mod:`~agents.experiments.reports`: CSV / Markdown tables, plots, GIF.
 """
@@ -32,6 +34,22 @@ from agents.experiments.config import (
     SdmExperiment,
     TrainConfig,
 )
+from agents.experiments.custom import (
+    custom_score,
+    episode_metrics,
+    evaluate_custom_runs,
+    run_episodes,
+    train_custom,
+)
+from agents.experiments.custom_env import (
+    CustomEnvConfig,
+    CustomExperiment,
+    EnvFactory,
+    EvaluateConfig,
+    WrapperConfig,
+    check_spaces,
+    load_object,
+)
 from agents.experiments.data import (
     SdmBundle,
     check_cases,
@@ -43,7 +61,7 @@ from agents.experiments.data import (
     validation_split,
 )
 from agents.experiments.dispatch import train_experiment
-from agents.experiments.landmark import evaluate_landmark_runs, predict, train_landmark
+from agents.experiments.landmark import evaluate_landmark_runs, train_landmark
 from agents.experiments.landmark_eval import evaluate_run
 from agents.experiments.loading import (
     apply_overrides,
@@ -76,6 +94,7 @@ from agents.experiments.monitor import (
     training_callbacks,
     write_summary,
 )
+from agents.experiments.predict import predict
 from agents.experiments.registration import (
     evaluate_registration_run,
     register_files,
@@ -135,9 +154,13 @@ __all__ = [
     "AtlasFiles",
     "CheckpointCallback",
     "ConfigError",
+    "CustomEnvConfig",
+    "CustomExperiment",
     "DataConfig",
     "EarlyStopping",
     "EnvConfig",
+    "EnvFactory",
+    "EvaluateConfig",
     "Experiment",
     "LandmarkExperiment",
     "PairOutcome",
@@ -153,14 +176,19 @@ __all__ = [
     "StopAfterMinutes",
     "TrainConfig",
     "ValidationCallback",
+    "WrapperConfig",
     "agent_outcome",
     "alignment_score",
     "apply_overrides",
     "auroc",
     "check_cases",
     "check_run_dir",
+    "check_spaces",
     "compute_metrics",
     "create_run",
+    "custom_score",
+    "episode_metrics",
+    "evaluate_custom_runs",
     "evaluate_landmark_runs",
     "evaluate_registration_run",
     "evaluate_rigid",
@@ -174,6 +202,7 @@ __all__ = [
     "landmark_markdown",
     "landmark_score",
     "load_experiment",
+    "load_object",
     "make_alignment_world",
     "make_world",
     "markdown_table",
@@ -198,10 +227,12 @@ __all__ = [
     "rigid_pairs",
     "rigid_scale",
     "row_present",
+    "run_episodes",
     "sdm_dice",
     "summarise_errors",
     "summarise_runs",
     "to_mapping",
+    "train_custom",
     "train_experiment",
     "train_landmark",
     "train_registration",

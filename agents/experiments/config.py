@@ -32,7 +32,7 @@ __all__ = [
     "TrainConfig",
 ]
 
-TASKS = ("landmark", "rigid", "sdm")
+TASKS = ("landmark", "rigid", "sdm", "custom")  # custom: any Gymnasium env, agents.experiments.custom_env
 
 
 class ConfigError(ValueError):

@@ -1,7 +1,8 @@
-"""The landmark task end to end: train an agent, evaluate runs in mm, predict on new volumes.
+"""The landmark task end to end: train an agent, evaluate runs in mm.
 
 ``train.py`` and ``evaluate.py`` dispatch here for ``task: landmark``. Points are LPS
-millimetres; the model's output order is the run's ``landmarks.json``.
+millimetres; the model's output order is the run's ``landmarks.json``. Prediction on new
+volumes is :mod:`agents.experiments.predict`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import configure as configure_logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
 import envs
-from agents.checkpoints import load_policy
 from agents.dqn import build_model, build_policy
 from agents.experiments.config import LandmarkExperiment
 from agents.experiments.data import evaluation_dataset, make_world, validation_split
@@ -30,8 +29,6 @@ from agents.experiments.monitor import training_callbacks, write_summary
 from agents.experiments.reports import (
     landmark_markdown,
     plot_errors,
-    prediction_stems,
-    volume_stem,
     write_csv,
 )
 from agents.experiments.runs import (
@@ -45,12 +42,10 @@ from agents.experiments.runs import (
 )
 from agents.experiments.validation import landmark_score, validate
 from agents.greedy import GreedyConfig, LandmarkGreedyTrainer, train_with_callbacks
-from agents.search import QNetworkPolicy, detect_landmarks
-from envs import io
-from envs.data import Case, Dataset
+from envs.data import Dataset
 from envs.io.atomic import atomic_write_text, check_output_folder, new_folder
 
-__all__ = ["evaluate_landmark_runs", "evaluate_run", "predict", "train_landmark"]
+__all__ = ["evaluate_landmark_runs", "evaluate_run", "train_landmark"]
 
 ACTIONS = gym.spaces.Discrete(6)  # one step along +-x, +-y, +-z
 
@@ -287,55 +282,3 @@ def evaluate_landmark_runs(
                 f"{p95['std']:.2f} mm"
             )
     return 0
-
-
-# ---------------------------------------------------------------------- prediction
-def predict(run: Run, volumes: list[Path], out: Path) -> list[Path]:
-    """Detect the run's landmarks on unlabelled volumes and write .fcsv and .mrk.json for 3D Slicer.
-
-    One pair of files per input, named by :func:`prediction_stems` (inputs that share a file
-    name keep their folders); files already in ``out`` are never overwritten (refused up front).
-    Every volume is read and checked before the first search. Returns the files written.
-    """
-    names = run.landmark_names()
-    for path in volumes:
-        if not path.is_file():
-            raise FileNotFoundError(f"--predict {path}: file not found")
-    stems = prediction_stems(volumes)
-    check_output_folder(out)
-    existing = [out / f"{stem}{suffix}" for stem in stems for suffix in (".fcsv", ".mrk.json")]
-    existing = [path for path in existing if path.exists()]
-    if existing:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise ValueError(
-            f"--out {out}: {existing[0]} exists{more}; predictions never overwrite files: "
-            "pass another --out or move them away"
-        )
-    cases = [
-        Case(f"predict_{i:03d}_{volume_stem(path)}", "test", image=path) for i, path in enumerate(volumes)
-    ]
-    dataset = Dataset(cases, source="--predict volumes")
-    world = make_world(run.experiment, dataset, "test", augment=False, landmarks=names)
-    variants = []
-    for index, path in enumerate(volumes):
-        try:
-            variants.append(world.variant(index))  # reads and checks the volume before any search
-        except ValueError as error:
-            raise ValueError(f"--predict {path}: {error}") from None
-    policy = QNetworkPolicy(load_policy(run.policy_path(), (world.observation_space(), ACTIONS)))
-    written = []
-    for index, (path, stem, variant) in enumerate(zip(volumes, stems, variants, strict=True)):
-        detections = detect_landmarks(world, variant, policy, config=run.experiment.search, seed=index)
-        points = {name: d.position_lps_mm for name, d in detections.items() if d.found}
-        if not points:
-            print(f"evaluate.py: {path}: no landmark found in the field of view", file=sys.stderr)
-            continue
-        for suffix in (".fcsv", ".mrk.json"):
-            written.append(io.write_landmarks(points, out / f"{stem}{suffix}"))
-        for name, d in detections.items():
-            state = "found" if d.found else "NOT FOUND"
-            print(
-                f"{stem}: {name}: {state} at LPS {np.round(d.position_lps_mm, 1).tolist()} "
-                f"(confidence {d.confidence:.2f})"
-            )
-    return written

@@ -26,6 +26,7 @@ from agents.experiments.config import (
     RigidExperiment,
     SdmExperiment,
 )
+from agents.experiments.custom_env import CustomExperiment
 
 __all__ = ["apply_overrides", "experiment_from_mapping", "from_mapping", "load_experiment", "to_mapping"]
 
@@ -38,6 +39,7 @@ _EXPERIMENTS: dict[str, type] = {
     "landmark": LandmarkExperiment,
     "rigid": RigidExperiment,
     "sdm": SdmExperiment,
+    "custom": CustomExperiment,
 }
 
 
@@ -223,8 +225,11 @@ def experiment_from_mapping(mapping: dict[str, Any]) -> Experiment:
         raise ConfigError(f"config task: expected one of {list(TASKS)}, got {task!r}")
     if "data" in mapping and isinstance(mapping["data"], dict) and "manifest" in mapping["data"]:
         mapping["data"].setdefault("phantoms", None)
+    if task == "custom" and isinstance(mapping.get("agent"), dict):
+        mapping["agent"].setdefault("replay", "auto")  # a plug-in env's wrappers decide: pose when possible
     experiment = from_mapping(_EXPERIMENTS[task], mapping)
-    check_memory(experiment)
+    if not isinstance(experiment, CustomExperiment):  # a plug-in env's observation size is unknown here
+        check_memory(experiment)
     return experiment
 
 
