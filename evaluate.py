@@ -188,7 +188,8 @@ def check_flags(args: argparse.Namespace, task: str) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    runs = [open_run(path) for path in expand_run_folders(args.runs)]
+    folders = list(dict.fromkeys(path.resolve() for path in expand_run_folders(args.runs)))  # each once
+    runs = [open_run(path) for path in folders]
     tasks = sorted({run.experiment.task for run in runs})
     if len(tasks) > 1:
         raise ValueError(f"the runs mix tasks {tasks}; evaluate runs of one task at a time")

@@ -6,9 +6,8 @@ pose, and the env rebuilds the observation of any pose deterministically, so thi
 two poses per transition and asks a ``renderer`` for the patches of the sampled batch only
 (``bench/bench_landmark_env.py`` measures the memory per transition of both).
 
-Wrapped envs: :func:`wrapped_renderer` renders poses with the unwrapped env, then applies the
-observation wrappers of the chain, innermost first, so the replayed observation is the one the
-agent saw. Wrappers that cannot change observations pass; any other one is refused, naming it.
+Wrapped envs: :func:`wrapped_renderer` renders poses with the unwrapped env, then applies the chain's
+observation wrappers, innermost first; a wrapper that may change observations otherwise is refused.
 """
 
 from __future__ import annotations
@@ -48,12 +47,9 @@ class PoseReplayBuffer(DictReplayBuffer):
     action, the reward, the done flag and the time-limit flag. At sample time the poses of the batch
     (observations and next observations together, one call) go through ``renderer``.
 
-    It subclasses ``DictReplayBuffer`` only so SB3's type checks (``load_replay_buffer``) accept it;
-    none of the parent's observation arrays are allocated.
-
-    SB3's ``DummyVecEnv`` auto-resets at episode end and puts the reset observation in ``obs``; the final
-    state is still ``infos[i]["pose"]``, so nothing special is needed here. With ``n_envs > 1`` the
-    renderer must be able to render the poses of every env (e.g. the pose names the case).
+    It subclasses ``DictReplayBuffer`` only so SB3's type checks accept it (no patch arrays). After an
+    auto-reset the final state is still ``infos[i]["pose"]``. With ``n_envs > 1`` the renderer must
+    render the poses of every env (e.g. the pose names the case).
 
     The renderer is not pickled (``__getstate__`` drops it): a renderer is usually a bound method of an env
     that holds whole volumes. After ``load_replay_buffer``, attach one with :meth:`set_renderer`.
@@ -314,6 +310,12 @@ def _refuse(wrapper: gym.Env, why: str) -> ReplayRefused:
     )
 
 
+def _own_step(wrapper: gym.Env) -> bool:
+    """Whether ``step`` or ``reset`` is written outside Gymnasium / SB3 (it may change observations)."""
+    known = ("gymnasium.", "stable_baselines3.")
+    return any(not getattr(type(wrapper), name).__module__.startswith(known) for name in ("step", "reset"))
+
+
 def _observation_wrappers(env: gym.Env) -> list[gym.ObservationWrapper]:
     """The chain's observation wrappers, innermost first; refuses a wrapper that may change observations."""
     chain = []
@@ -325,10 +327,12 @@ def _observation_wrappers(env: gym.Env) -> list[gym.ObservationWrapper]:
         if isinstance(wrapper, _STATEFUL_OBSERVATION_WRAPPERS):
             raise _refuse(wrapper, "its observation depends on state, not on the current observation only")
         if isinstance(wrapper, gym.ObservationWrapper):
+            if _own_step(wrapper):  # e.g. a draw per reset: observation() alone cannot repeat it
+                raise _refuse(wrapper, "it overrides step/reset, so its observations may depend on state")
             applied.append(wrapper)
             continue
         same_space = wrapper.observation_space == wrapper.env.observation_space
-        if isinstance(wrapper, _PASSIVE_WRAPPERS) and same_space:
+        if isinstance(wrapper, _PASSIVE_WRAPPERS) and same_space and not _own_step(wrapper):
             continue
         own_step = type(wrapper).step is not gym.Wrapper.step or type(wrapper).reset is not gym.Wrapper.reset
         if own_step or not same_space:
@@ -339,10 +343,8 @@ def _observation_wrappers(env: gym.Env) -> list[gym.ObservationWrapper]:
 class WrappedRenderer:
     """``renderer(poses)``: the unwrapped env's ``observations_from_poses``, then the observation wrappers.
 
-    Each wrapper's ``observation()`` is applied per sample, innermost first, as in ``env.step``. The
-    first batch is checked against the outermost ``observation_space`` (a wrapper whose output
-    is not in it is refused with :class:`ReplayRefused`). Wrappers must be pure functions of the
-    observation (no running statistics): :func:`wrapped_renderer` refuses the known stateful ones.
+    Each wrapper's ``observation()`` is applied per sample, innermost first, as in ``env.step``; the
+    first batch is checked against the outermost ``observation_space`` (:class:`ReplayRefused`).
 
     Args:
         base: The unwrapped env's ``observations_from_poses``.
@@ -441,9 +443,8 @@ def renderer_for(env: VecEnv | gym.Env) -> PoseRenderer:
             env = env.venv
         if not isinstance(env, sb3_vec.DummyVecEnv):
             raise ReplayRefused(
-                f"agent.replay: pose with {type(env).__name__}: its envs live in other processes; pass "
-                "build_model(pose_renderer=agents.replay.wrapped_renderer(make_env())) built in this "
-                "process, use DummyVecEnv, or set agent.replay: sb3 (or auto)"
+                f"agent.replay: pose with {type(env).__name__} (envs in other processes): pass build_model("
+                "pose_renderer=wrapped_renderer(make_env())), use DummyVecEnv, or set agent.replay: sb3"
             )
         env = env.envs[0]
     return wrapped_renderer(env)

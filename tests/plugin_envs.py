@@ -108,6 +108,35 @@ class BlankPatchOnStep(gym.Wrapper):
         return {**obs, "patch": np.zeros_like(obs["patch"])}, reward, terminated, truncated, info
 
 
+class ShiftPerEpisode(gym.ObservationWrapper):
+    """Adds an offset drawn at each reset: observation() alone cannot repeat it (refused statically)."""
+
+    offset = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self.offset = int(self.np_random.integers(1, 50)) if seed is None else seed % 50 + 1
+        return super().reset(seed=seed, options=options)
+
+    def observation(self, obs: dict) -> dict:
+        return {**obs, "patch": (obs["patch"] + self.offset).astype(np.uint8)}
+
+
+class NoisyPatch(gym.ObservationWrapper):
+    """Adds fresh noise in observation(): looks pure, is not; only the replay probe can see it."""
+
+    def observation(self, obs: dict) -> dict:
+        noise = self.np_random.integers(0, 3, size=obs["patch"].shape, dtype=np.uint8)
+        return {**obs, "patch": np.maximum(obs["patch"], noise)}
+
+
+class RewardThatBlanks(ScaleReward):
+    """A RewardWrapper whose own step() blanks the patch: not passive, whatever its base class."""
+
+    def step(self, action: int):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return {**obs, "patch": np.zeros_like(obs["patch"])}, reward, terminated, truncated, info
+
+
 class NotAWrapper:
     """A class that is not a gymnasium.Wrapper."""
 

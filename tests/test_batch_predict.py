@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,34 @@ def test_two_workers_predict_four_scans_like_one_process(
     with pytest.raises(ValueError, match="never overwrite"):
         predict(run, scans, parallel, workers=2, progress=False)
     assert {p: p.stat().st_mtime_ns for p in parallel.iterdir()} == before
+
+
+def test_a_batch_that_fails_midway_leaves_nothing_half_written(
+    tmp_path: Path, trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    predict_module = importlib.import_module("agents.experiments.predict")
+    run, phantoms = trained
+    scans = prediction_inputs([phantoms / "manifest.csv"])[:2]
+    real_write = predict_module._write_scan
+    calls = []
+
+    def write_then_fail(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "_write_scan", write_then_fail)
+    out = tmp_path / "given"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    with pytest.raises(OSError, match="disk full"):
+        predict(open_run(run), scans, out, progress=False)
+    assert sorted(p.name for p in out.rglob("*")) == ["mine.txt"]  # the first scan's files are gone too
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):
+        predict(open_run(run), scans, tmp_path / "new" / "out", progress=False)
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(predict_module, "ray_installed", lambda: False)
+    with pytest.raises(ValueError, match="--ray-address needs Ray"):
+        predict(open_run(run), scans, tmp_path / "other", ray_address="auto", progress=False)

@@ -13,13 +13,25 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
-from plugin_envs import BlankPatchOnStep, InvertPatch, ScaleReward, TinyPatchEnv, WidenPatch
+from plugin_envs import (
+    BlankPatchOnStep,
+    InvertPatch,
+    NoisyPatch,
+    RewardThatBlanks,
+    ScaleReward,
+    ShiftPerEpisode,
+    TinyPatchEnv,
+    WidenPatch,
+)
 from scripts_support import evaluate_main, train_main
 from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 from agents.dqn import AgentConfig, build_model
 from agents.experiments import CustomEnvConfig, EnvFactory, WrapperConfig
+from agents.experiments.custom import check_replay
+from agents.experiments.sweep import plan_trials
+from agents.experiments.sweep_tune import run_sweep
 from agents.networks import set_torch_threads
 from agents.replay import PoseReplayBuffer, ReplayRefused, WrappedRenderer, wrapped_renderer
 
@@ -166,9 +178,9 @@ def test_registered_id_from_imports_and_pose_refusal_before_the_run(
     assert not run.exists()
     # auto (the default) trains with SB3's buffer and says why
     assert train_main([str(config), "--run-dir", str(run), "--set", "train.total_timesteps=150"]) == 0
-    out = capsys.readouterr().out
-    assert "agent.replay auto: using SB3's replay buffer" in out
-    assert "BlankPatchOnStep" in out
+    said = capsys.readouterr().err
+    assert "agent.replay auto: using SB3's replay buffer" in said
+    assert "BlankPatchOnStep" in said
     assert (run / "checkpoints" / "latest.pt").is_file()
 
 
@@ -227,6 +239,39 @@ def test_wrappers_that_may_change_observations_are_refused_in_one_line() -> None
     assert type(model.replay_buffer) is DictReplayBuffer
     passive = gym.wrappers.RecordEpisodeStatistics(gym.wrappers.TimeLimit(ScaleReward(TinyPatchEnv()), 5))
     assert isinstance(build_model(tiny_agent(replay="auto"), passive).replay_buffer, PoseReplayBuffer)
+
+
+def test_wrappers_with_their_own_step_or_reset_and_impure_ones_are_caught() -> None:
+    for wrapper in (ShiftPerEpisode, RewardThatBlanks):
+        with pytest.raises(ReplayRefused, match=rf"wrapper {wrapper.__name__} .*set agent\.replay: sb3"):
+            wrapped_renderer(wrapper(TinyPatchEnv()))
+    noisy = NoisyPatch(TinyPatchEnv())
+    renderer = wrapped_renderer(noisy)  # observation() looks pure: only playing it shows otherwise
+    with pytest.raises(ReplayRefused, match="rebuilt from a pose differs"):
+        check_replay(noisy, renderer, seed=0)
+    clean = InvertPatch(TinyPatchEnv())
+    check_replay(clean, wrapped_renderer(clean), seed=0)  # a pure wrapper passes
+
+
+def test_auto_replay_falls_back_when_the_probe_sees_an_impure_wrapper(tmp_path: Path) -> None:
+    env = {**TINY_ENV, "wrappers": [{"entry_point": "plugin_envs:NoisyPatch"}]}
+    config = write_config(tmp_path, env, agent={**TINY_AGENT, "replay": "auto"})
+    assert train_main([str(config), "--run-dir", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+    refused = write_config(tmp_path, env, agent={**TINY_AGENT, "replay": "pose"})
+    assert train_main([str(refused), "--run-dir", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()
+
+
+def test_custom_task_runs_as_a_seed_list(tmp_path: Path) -> None:
+    config = write_config(tmp_path, TINY_ENV)
+    sweep = tmp_path / "seeds"
+    trials, experiments = plan_trials(str(config), [], [0, 1], None)
+    assert run_sweep(str(config), [], trials, experiments, sweep, use_ray=False) == 0
+    runs = sorted(path.name for path in sweep.iterdir() if (path / "config.yaml").is_file())
+    assert runs == ["s0", "s1"]
+    weights = [(sweep / name / "checkpoints" / "best.pt").read_bytes() for name in runs]
+    assert weights[0] != weights[1]  # the seed changed the training
 
 
 # ---------------------------------------------------------------------- vector envs

@@ -23,6 +23,7 @@ from gymnasium import spaces
 from ray.rllib.algorithms.dqn.dqn import calculate_rr_weights
 from ray.rllib.core.columns import Columns
 from scripts_support import LANDMARK_CONFIG, config_args, evaluate_main, tiny_landmark, train_main
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents import AgentConfig, load_policy, predict_q_values
 from agents.experiments import load_experiment
@@ -88,6 +89,15 @@ def test_rllib_smoke_run_is_an_ordinary_run_folder(rllib_run: Path) -> None:
     for name in ("best.pt", "latest.pt"):
         policy = load_policy(rllib_run / "checkpoints" / name, (space, ACTIONS))  # the project's format
         assert policy.net_arch == [32]
+    # the learner did update (its loss is logged per iteration), so what was converted was trained
+    losses = []
+    for events in (rllib_run / "tb").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if "train/loss" in accumulator.Tags()["scalars"]:
+            losses += [event.value for event in accumulator.Scalars("train/loss")]
+    assert losses
+    assert np.isfinite(losses).all()
 
 
 def test_evaluate_scores_an_rllib_run(rllib_run: Path, tmp_path: Path) -> None:

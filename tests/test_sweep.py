@@ -12,7 +12,7 @@ from scripts_support import LANDMARK_CONFIG, config_args, evaluate_main, tiny_la
 from agents.experiments import ConfigError
 from agents.experiments import sweep_tune as sweep_tune_module
 from agents.experiments.sweep import expand_run_folders, plan_trials, read_sweep
-from agents.experiments.sweep_tune import SweepFailed, run_sweep
+from agents.experiments.sweep_tune import SweepFailed, run_sweep, run_trial
 
 
 def _overrides(cache: Path) -> list[str]:
@@ -96,7 +96,7 @@ def test_failed_trials_leave_nothing_and_keep_what_was_there(
     """In this process (no Ray; training replaced by a stand-in): one trial fails midway, then all."""
 
     def fail_on_seed_1(experiment, run, state, run_dir):
-        run_dir.mkdir()
+        assert run_dir.is_dir() and not any(run_dir.iterdir())  # the trial made it, empty
         (run_dir / "config.yaml").write_text("seed: 0")
         if experiment.seed == 1:
             raise RuntimeError("trial broke")
@@ -149,6 +149,19 @@ def test_two_seeds_as_tune_trials_give_two_runs_scored_as_mean_and_std(
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["s0", "s1"]
     summary = json.loads((out / "summary_over_runs.json").read_text())
     assert summary["oracle"]["median_mm"]["runs"] == 2
+    assert summary["agent"]["median_mm"]["runs"] == 2
+    weights = [(run / "checkpoints" / "best.pt").read_bytes() for run in runs]
+    assert weights[0] != weights[1]  # the seeds trained two different agents
+
+
+def test_a_trial_never_writes_into_or_removes_a_folder_it_did_not_make(tmp_path: Path, cache: Path) -> None:
+    trials, _ = plan_trials(LANDMARK_CONFIG, _overrides(cache), [0], None)
+    theirs = tmp_path / trials[0].name
+    theirs.mkdir()
+    (theirs / "config.yaml").write_text("another sweep's run")
+    with pytest.raises(ValueError, match="exists already"):
+        run_trial(LANDMARK_CONFIG, _overrides(cache), trials[0], tmp_path)
+    assert (theirs / "config.yaml").read_text() == "another sweep's run"
 
 
 def test_a_sweep_folder_without_finished_trials_is_refused(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ same factory, only to render poses.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from agents.checkpoints import load_policy
 from agents.dqn import build_model
 from agents.experiments.custom_env import CustomExperiment, EnvFactory, check_spaces
 from agents.experiments.monitor import training_callbacks, write_summary
-from agents.experiments.reports import write_csv
+from agents.experiments.reports import run_output_names, write_csv
 from agents.experiments.runs import (
     Run,
     check_run_dir,
@@ -129,13 +130,55 @@ def _pose_renderer(experiment: CustomExperiment, vec_env: VecEnv, factory: EnvFa
         return None
     try:
         if experiment.env.vec_env == "subproc":
-            return wrapped_renderer(factory())  # the workers' envs cannot render in this process
-        return renderer_for(vec_env)
+            probe = factory()  # the workers' envs cannot render in this process
+            renderer: PoseRenderer = wrapped_renderer(probe)
+            check_replay(probe, renderer, experiment.seed)
+            return renderer
+        renderer = renderer_for(vec_env)
+        check_replay(vec_env.unwrapped.envs[0], renderer, experiment.seed)  # type: ignore[attr-defined]
+        vec_env.seed(experiment.seed)  # the probe's steps leave the training envs as they were
+        return renderer
     except ReplayRefused as refusal:
         if replay == "pose":
             raise
-        print(f"train.py: agent.replay auto: using SB3's replay buffer (stores observations): {refusal}")
+        print(
+            f"train.py: agent.replay auto: using SB3's replay buffer (stores observations): {refusal}",
+            file=sys.stderr,
+        )
         return None
+
+
+def check_replay(env: gym.Env, renderer: PoseRenderer, seed: int, steps: int = 6) -> None:
+    """Play a few seeded random steps and check that ``renderer`` rebuilds each observation from its pose.
+
+    The static checks of :func:`agents.replay.wrapped_renderer` cannot see a wrapper or env whose
+    observation depends on more than the pose (noise drawn per step, a per-episode offset): this
+    does. Raises :class:`agents.replay.ReplayRefused` (one line) when an observation differs.
+    """
+    obs, info = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    observed, poses = [], []
+    for _ in range(steps):
+        if "pose" not in info:
+            raise ReplayRefused(
+                f"agent.replay: pose needs info['pose'] from {type(env.unwrapped).__name__}'s reset and "
+                "step; set agent.replay: sb3 (or auto)"
+            )
+        observed.append(obs)
+        poses.append(np.array(info["pose"], copy=True))
+        obs, _, terminated, truncated, info = env.step(env.action_space.sample())
+        if terminated or truncated:
+            break
+    rendered = renderer(np.stack(poses))
+    for index, seen in enumerate(observed):
+        for key, value in seen.items():
+            again = np.asarray(rendered[key][index]).reshape(np.shape(value))
+            if not np.array_equal(again, np.asarray(value)):
+                raise ReplayRefused(
+                    f"agent.replay: pose: the observation rebuilt from a pose differs from the env's "
+                    f"({key!r}, step {index}): the env or a wrapper is not a function of the pose alone; "
+                    "set agent.replay: sb3 (or auto)"
+                )
 
 
 def train_custom(
@@ -229,7 +272,11 @@ def evaluate_custom_runs(runs: list[Run], *, episodes: int | None, out: Path | N
     """
     if episodes is not None and episodes < 1:
         raise ValueError(f"--episodes: expected >= 1, got {episodes}")
-    folders = [out / run.path.name if out and len(runs) > 1 else (out or run.path / "eval") for run in runs]
+    names = run_output_names([run.path for run in runs])
+    folders = [
+        out / name if out and len(runs) > 1 else (out or run.path / "eval")
+        for run, name in zip(runs, names, strict=True)
+    ]
     for folder in folders:
         check_output_folder(folder)
     per_run: dict[str, dict[str, float]] = {}

@@ -29,6 +29,7 @@ from agents.experiments.monitor import training_callbacks, write_summary
 from agents.experiments.reports import (
     landmark_markdown,
     plot_errors,
+    run_output_names,
     write_csv,
 )
 from agents.experiments.runs import (
@@ -245,8 +246,10 @@ def evaluate_landmark_runs(
     """
     if atlases < 1:
         raise ValueError(f"--atlases: expected >= 1, got {atlases}")
+    names = run_output_names([run.path for run in runs])
     folders = [
-        out / run.path.name if out and len(runs) > 1 else (out or run.path / f"eval-{split}") for run in runs
+        out / name if out and len(runs) > 1 else (out or run.path / f"eval-{split}")
+        for run, name in zip(runs, names, strict=True)
     ]
     for folder in folders:
         check_output_folder(folder)

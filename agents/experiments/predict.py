@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from agents.search import QNetworkPolicy, detect_landmarks
 from envs import io
 from envs.data import Case, Dataset
 from envs.data.manifest import read_manifest
-from envs.io.atomic import check_output_folder
+from envs.io.atomic import check_output_folder, make_folders
 
 __all__ = ["PREDICTION_COLUMNS", "predict", "prediction_inputs"]
 
@@ -138,9 +139,14 @@ def predict(
             variants.append(world.variant(index))  # reads and checks the volume before any search
         except ValueError as error:
             raise ValueError(f"--predict {path}: {error}") from None
-    use_ray = (workers > 1 or ray_address is not None) and importlib.util.find_spec("ray") is not None
+    use_ray = (workers > 1 or ray_address is not None) and ray_installed()
+    if ray_address is not None and not use_ray:
+        raise ValueError("--ray-address needs Ray: pip install 'medgym[ray]'")
     if workers > 1 and not use_ray:
-        print("evaluate.py: Ray is not installed; predicting in this process (pip install 'medgym[ray]')")
+        print(
+            "evaluate.py: Ray is not installed; predicting in this process (pip install 'medgym[ray]')",
+            file=sys.stderr,
+        )
     bar = tqdm(total=len(volumes), desc="predict", unit="scan", disable=not progress, file=sys.stderr)
     written: list[Path] = []
     rows: list[dict[str, Any]] = []
@@ -150,16 +156,32 @@ def predict(
     else:
         policy = QNetworkPolicy(load_policy(run.policy_path(), (world.observation_space(), ACTIONS)))
         results = (_search(run, world, policy, index, variants[index]) for index in range(len(volumes)))
-    for index, detections, seconds in results:
-        written.extend(_write_scan(out, volumes[index], stems[index], detections, verbose=len(volumes) <= 20))
-        rows.extend(_rows(index, volumes[index], detections, seconds))
-        bar.update(1)
-    bar.close()
-    rows.sort(key=lambda row: (row["index"], row["order"]))
-    table = [{column: row[column] for column in PREDICTION_COLUMNS} for row in rows]
-    write_csv(out / "predictions.csv", table)
+    made = make_folders(out)
+    try:
+        for index, detections, seconds in results:
+            written.extend(
+                _write_scan(out, volumes[index], stems[index], detections, verbose=len(volumes) <= 20)
+            )
+            rows.extend(_rows(index, volumes[index], detections, seconds))
+            bar.update(1)
+        rows.sort(key=lambda row: (row["index"], row["order"]))
+        table = [{column: row[column] for column in PREDICTION_COLUMNS} for row in rows]
+        write_csv(out / "predictions.csv", table)
+    except BaseException:  # a failed batch leaves nothing half-written: a rerun starts clean
+        for path in written:
+            path.unlink(missing_ok=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
     written.append(out / "predictions.csv")
     return written
+
+
+def ray_installed() -> bool:
+    """Whether Ray can be imported (the ``medgym[ray]`` extra)."""
+    return importlib.util.find_spec("ray") is not None
 
 
 def _world(run: Run, volumes: list[Path], indices: range | list[int], names: list[str]) -> Any:

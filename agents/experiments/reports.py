@@ -62,6 +62,21 @@ def prediction_stems(volumes: list[Path]) -> list[str]:
     return [(p.parent.relative_to(common) / volume_stem(p)).as_posix() for p in resolved]
 
 
+def run_output_names(runs: list[Path]) -> list[str]:
+    """One output folder name per run folder, never two alike: the folder names when they differ,
+    else the runs' paths below their common folder.
+
+    >>> run_output_names([Path("/runs/sweepA/s0"), Path("/runs/sweepB/s0")])
+    ['sweepA/s0', 'sweepB/s0']
+    """
+    resolved = [Path(os.path.abspath(p)) for p in runs]
+    names = [p.name for p in resolved]
+    if len(set(names)) == len(names):
+        return names
+    common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    return [p.relative_to(common).as_posix() for p in resolved]
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rows as CSV (header from the first row; floats with 4 decimals)."""
     buffer = text_io.StringIO()

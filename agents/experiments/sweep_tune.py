@@ -69,9 +69,16 @@ def run_trial(
         os.chdir(cwd)
     run_dir = Path(sweep_dir) / trial.name
     try:
+        run_dir.mkdir(exist_ok=False)  # the trial's own folder, or nothing: never one it did not make
+    except FileExistsError:
+        raise ValueError(
+            f"trial folder {run_dir} exists already (another sweep in the same folder?); "
+            "a trial never writes into a folder it did not create"
+        ) from None
+    try:
         experiment = load_experiment(config, [*overrides, *trial.all_overrides()])
         train_experiment(experiment, None, {}, run_dir)
-    except Exception:
+    except BaseException:
         remove_trial_folder(Path(sweep_dir), trial)
         raise
     return trial_outcome(run_dir)
@@ -90,6 +97,8 @@ def _prepare_data(experiments: list[Experiment]) -> None:
     """Write each distinct phantom dataset once, here, so that parallel trials only read it."""
     seen: set[str] = set()
     for experiment in experiments:
+        if not hasattr(experiment, "data"):  # task: custom brings its own data (its env makes it)
+            continue
         signature = data_signature(experiment)
         if signature in seen or experiment.task == "sdm":  # SDM phantoms live in memory per trial
             continue
@@ -126,6 +135,20 @@ def run_sweep(
     """
     if max_concurrent is not None and max_concurrent < 1:
         raise ValueError(f"--max-concurrent: expected >= 1, got {max_concurrent}")
+    if any(getattr(experiment.agent, "backend", "sb3") == "rllib" for experiment in experiments):
+        # An RLlib trial starts env-runner actors of its own, which a 1-CPU Tune trial cannot hold.
+        if ray_address is not None:
+            raise ValueError(
+                "--ray-address with agent.backend: rllib is not supported: RLlib trials run one after "
+                "another here (each starts its own env runners); drop --ray-address"
+            )
+        if use_ray is not False:
+            print(
+                f"train.py: agent.backend rllib: running {len(trials)} trials one after another "
+                "(each trial's RLlib starts its own env-runner actors)",
+                file=sys.stderr,
+            )
+        use_ray = False
     if use_ray is None:
         use_ray = ray_available()
         if not use_ray:
@@ -171,7 +194,7 @@ def _run(
     """run_sweep's body, in a Ray session when ``use_ray``."""
     _prepare_data(experiments)
     existed = sweep_dir.is_dir()
-    made = make_folders(sweep_dir)
+    made = _claim_folder(sweep_dir, existed)
     header = {
         "config": None if config is None else str(Path(config).resolve()),
         "overrides": list(overrides),
@@ -189,18 +212,16 @@ def _run(
         results, interrupted = {}, True
     except Exception:  # the runner itself failed (e.g. no Ray cluster at --ray-address)
         if not any(sweep_dir.glob("*/summary.json")):  # no trial finished: nothing worth keeping
-            _remove_sweep(sweep_dir, made, existed)
+            _remove_sweep(sweep_dir, made, existed, trials)
         raise
     for trial, row in zip(trials, rows, strict=True):
         status, outcome = results.get(trial.index, ("interrupted" if interrupted else "not run", {}))
         if status == "interrupted":
             interrupted = True
-        row.update(status=status, **outcome)
-        if row["status"] == "failed":
-            remove_trial_folder(sweep_dir, trial)
+        row.update(status=status, **outcome)  # a failed trial already removed its own folder
     failed = [row for row in rows if row["status"] != "ok"]
     if rows and len(failed) == len(rows) and not interrupted:
-        _remove_sweep(sweep_dir, made, existed)
+        _remove_sweep(sweep_dir, made, existed, trials)
         first = next((row["error"] for row in rows if row.get("error")), "no trial finished")
         raise SweepFailed(f"every trial of the sweep failed; removed {sweep_dir} (first error: {first})")
     write_sweep_table(sweep_dir, header, rows)
@@ -225,12 +246,40 @@ def _row(trial: Trial, status: str) -> dict[str, Any]:
     }
 
 
-def _remove_sweep(sweep_dir: Path, made: Path | None, existed: bool) -> None:
-    """Remove what this sweep made: the folder it created, or (an empty folder given) its contents."""
+def _claim_folder(sweep_dir: Path, existed: bool) -> Path | None:
+    """Make the sweep folder atomically (or re-check a given empty one); returns the top folder made.
+
+    ``mkdir`` without ``exist_ok`` is the claim: two sweeps started in the same second, or pointed
+    at one folder, cannot both own it, so neither can later remove the other's trials.
+    """
+    if existed:
+        if any(sweep_dir.iterdir()):
+            raise ValueError(
+                f"sweep folder {sweep_dir}: no longer empty (another sweep?); pick a new --run-dir"
+            )
+        return None
+    parents = make_folders(sweep_dir.parent)  # e.g. runs/: others may write there too
+    try:
+        sweep_dir.mkdir(exist_ok=False)
+    except FileExistsError:
+        raise ValueError(f"sweep folder {sweep_dir}: made by another sweep meanwhile; run again") from None
+    return parents or sweep_dir
+
+
+def _remove_sweep(sweep_dir: Path, made: Path | None, existed: bool, trials: list[Trial]) -> None:
+    """Remove what this sweep made: the folders it created, or (an empty folder given) what it wrote."""
     if made is not None:
-        shutil.rmtree(made, ignore_errors=True)
+        shutil.rmtree(sweep_dir, ignore_errors=True)  # ours: claimed by mkdir
+        folder = sweep_dir.parent
+        while made in (folder, *folder.parents):  # parents this call made, while still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+            if folder.exists() or folder == made:
+                break
+            folder = folder.parent
     elif existed:
-        for entry in sweep_dir.iterdir():
+        for name in ("sweep.json", "tune", *(trial.name for trial in trials)):
+            entry = sweep_dir / name
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
