@@ -108,7 +108,13 @@ def test_evaluate_rigid_writes_tables_plots_and_the_oracle_floor(rigid_run: Path
     )  # fmt: skip
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"agent", "oracle"}
+    # the agent's final answer is also reported through the plausibility guard (search.guard)
+    assert set(metrics) == {"agent", "agent+guard", "oracle"}
+    guarded = metrics["agent+guard"]["mono"]["30"]
+    assert 0.0 <= guarded["fallback_rate"] <= 1.0
+    assert guarded["n"] == 2
+    header = (out / "registrations.csv").read_text().splitlines()[0].split(",")
+    assert {"fallback", "fallback_reason"} <= set(header)
     oracle = metrics["oracle"]["mono"]["30"]
     assert oracle["n"] == 2
     assert oracle["success_rate"] == 1.0  # 1 mm / 1 deg finest steps: the floor is below 2 mm
@@ -133,6 +139,7 @@ def test_evaluate_register_writes_files_slicer_and_simpleitk_read(
     assert transform.GetNumberOfParameters() == 6
     assert io.read_volume(out / "warped.nii.gz").shape_zyx == fixed.shape_zyx
     assert (out / "trajectory.csv").read_text().startswith("step,level,tx_mm")
+    assert json.loads((out / "registration.json").read_text())["fallback"] in (None, "sitk")
 
 
 def test_dqn_also_trains_on_the_rigid_env(cache: Path, tmp_path: Path) -> None:
@@ -172,7 +179,7 @@ def test_bad_registration_configs_fail_in_one_line(cache: Path, capsys: pytest.C
         message = capsys.readouterr().err.strip()
         assert "\n" not in message
         assert expected in message
-    with pytest.raises(ConfigError, match="expected one of \\['landmark', 'rigid', 'sdm'\\]"):
+    with pytest.raises(ConfigError, match=r"expected one of \['landmark', 'rigid', 'sdm'"):
         load_experiment(None, ["task=affine"])
 
 

@@ -325,7 +325,9 @@ def register_files(
     out = out or run.path / "registrations" / volume_stem(volumes[0])
     check_output_folder(out)
     names = ("transform.tfm", "displacement.nii.gz", "warped.nii.gz", "warped_labels.nii.gz")
-    existing = [out / name for name in (*names, "trajectory.csv") if (out / name).exists()]
+    existing = [
+        out / name for name in (*names, "trajectory.csv", "registration.json") if (out / name).exists()
+    ]
     if existing:
         raise ValueError(
             f"--out {out}: {existing[0]} exists; registrations never overwrite files: "
@@ -344,7 +346,7 @@ def register_files(
     policy = QNetworkPolicy(
         load_policy(policy_path, (world.observation_space(), gym.spaces.Discrete(world.n_actions)))
     )
-    answer, result = register(fixed, moving, policy, world)
+    answer, result = register(fixed, moving, policy, world, config=experiment.search)
     written = write_registration(
         out,
         fixed,
@@ -354,8 +356,13 @@ def register_files(
         param_names=world.param_names,
         labels=None if rigid else world.atlas_labels,
     )
+    if result.fallback:
+        print(
+            f"evaluate.py: warning: the agent's answer was implausible ({result.fallback_reason}); "
+            f"SimpleITK's answer was written instead (fallback: {result.fallback})"
+        )
     print(
-        f"evaluate.py: registered in {result.seconds:.2f} s ({result.steps} steps); "
-        f"wrote {', '.join(str(p) for p in written.values())}"
+        f"evaluate.py: registered in {result.seconds:.2f} s ({result.steps} steps, "
+        f"fallback: {result.fallback or 'none'}); wrote {', '.join(str(p) for p in written.values())}"
     )
     return 0

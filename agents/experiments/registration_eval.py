@@ -20,7 +20,14 @@ from agents.experiments.config import RigidExperiment, SdmExperiment
 from agents.experiments.data import SdmBundle, make_alignment_world
 from agents.experiments.metrics import PairOutcome, metrics_from_outcomes, sdm_dice
 from agents.experiments.validation import evaluation_offsets, rigid_scale
-from agents.search import Alignment, AlignmentOracle, QNetworkPolicy, align, refine_alignment
+from agents.search import (
+    Alignment,
+    AlignmentOracle,
+    QNetworkPolicy,
+    align,
+    guard_alignment,
+    refine_alignment,
+)
 from envs.core import Volume, euler_transform, field_at_points
 from envs.data import Dataset
 from envs.tasks import UNIT, AlignmentPair, AlignmentWorld, DeformableWorld, RigidWorld
@@ -31,6 +38,7 @@ __all__ = [
     "agent_outcome",
     "evaluate_rigid",
     "evaluate_sdm",
+    "guarded_outcome",
     "outcome_of",
     "rigid_baseline_outcome",
     "rigid_pairs",
@@ -38,8 +46,9 @@ __all__ = [
 
 CONDITIONS = ("mono", "multimodal", "partial")
 """rigid conditions: moved copy as is, re-contrasted, or cropped to a slab"""
-RIGID_BASELINES = ("sitk", "sitk-presearch", "elastix")
-"""rigid baselines evaluate.py offers"""
+RIGID_BASELINES = ("sitk", "sitk-presearch", "sitk-moments", "elastix")
+"""rigid baselines evaluate.py offers (sitk-moments: SimpleITK from its moments initialisation,
+ignoring the start, as a user runs it on two scans)"""
 
 
 def rigid_pairs(
@@ -67,7 +76,10 @@ def rigid_baseline_outcome(
     condition: str,
     misalignment: float,
 ) -> PairOutcome:
-    """SimpleITK (or elastix) on the same pair, from the same start, at the finest level's images."""
+    """SimpleITK (or elastix) on the same pair, from the same start, at the finest level's images.
+
+    ``sitk-moments`` ignores the start: SimpleITK's moments initialisation (centres of mass).
+    """
     from agents import baselines
 
     finest = world.n_levels - 1
@@ -80,6 +92,9 @@ def rigid_baseline_outcome(
     if method == "elastix":
         # Pyramid levels are uint8 already: no HU window (as for the SimpleITK baselines).
         result = baselines.elastix_rigid_baseline(fixed, moving, initial=initial, intensity_window=None)
+    elif method == "sitk-moments":
+        config = baselines.RigidBaselineConfig(initializer="moments", intensity_window=None)
+        result = baselines.rigid_baseline(fixed, moving, config=config)
     else:
         presearch = 0.0 if method == "sitk" else 60.0
         config = baselines.RigidBaselineConfig(
@@ -125,6 +140,45 @@ def outcome_of(
     )
 
 
+def guarded_outcome(
+    method: str,
+    world: RigidWorld,
+    pair: AlignmentPair,
+    start: NDArray,
+    result: Alignment,
+    experiment: RigidExperiment,
+    condition: str,
+    misalignment: float,
+) -> tuple[PairOutcome, Alignment]:
+    """``result`` through the plausibility guard (bounds widened to ``misalignment``); its outcome.
+
+    A refused answer (``search.fallback: none``) counts as no registration: the error stays
+    the start's.
+    """
+    guarded = guard_alignment(
+        world, pair, start, result, experiment.search, misalignment=(misalignment, misalignment)
+    )
+    outcome = outcome_of(method, pair, guarded, condition, misalignment)
+    if guarded.fallback == "refused":
+        outcome = PairOutcome(**{**outcome.__dict__, "after_mm": outcome.before_mm})
+    return outcome, guarded
+
+
+def _with_fallback_rates(
+    metrics: dict[str, Any], outcomes: Sequence[PairOutcome], fallbacks: Sequence[str]
+) -> dict[str, Any]:
+    """``fallback_rate`` (and ``refused_rate``) added to every guarded method's summaries."""
+    groups: dict[tuple[str, str, float], list[str]] = {}
+    for outcome, fallback in zip(outcomes, fallbacks, strict=True):
+        if outcome.method.endswith("+guard"):
+            groups.setdefault((outcome.method, outcome.condition, outcome.misalignment), []).append(fallback)
+    for (method, condition, misalignment), flags in groups.items():
+        entry = metrics[method][condition][f"{misalignment:g}"]
+        entry["fallback_rate"] = float(np.mean([f == "sitk" for f in flags]))
+        entry["refused_rate"] = float(np.mean([f == "refused" for f in flags]))
+    return metrics
+
+
 def _condition_world(experiment: RigidExperiment, dataset: Dataset, split: str, condition: str) -> RigidWorld:
     contrast = "multimodal" if condition == "multimodal" else "same"
     partial = 1.0 if condition == "partial" else 0.0
@@ -159,7 +213,11 @@ def evaluate_rigid(
 
     Every method starts from the same misaligned transform of the same pair. Conditions:
     ``mono`` (a moved, re-noised copy), ``multimodal`` (moved copy re-contrasted by a
-    non-monotonic map), ``partial`` (moved copy cropped to a 40-70 % slab).
+    non-monotonic map), ``partial`` (moved copy cropped to a 40-70 % slab). With
+    ``search.guard`` the final answer (the agent's, or agent+sitk's with ``search.refine:
+    sitk``) is also reported through the plausibility guard as method ``<final>+guard``; rows
+    carry ``fallback`` (``sitk``, ``refused`` or empty) and ``fallback_reason``, and those
+    methods' summaries ``fallback_rate`` and ``refused_rate``.
     """
     from tqdm import tqdm
 
@@ -171,6 +229,7 @@ def evaluate_rigid(
         raise ValueError(f"baselines: unknown {unknown}; expected some of {list(RIGID_BASELINES)}")
     q_policy = QNetworkPolicy(policy)
     outcomes: list[PairOutcome] = []
+    reasons: dict[int, tuple[str, str]] = {}  # outcome index -> (fallback, reason)
     jobs = [(c, float(m)) for c in conditions for m in misalignments]
     bar = tqdm(total=len(jobs) * trials, desc="registrations", unit="pair", disable=not progress)
     for condition, misalignment in jobs:
@@ -185,6 +244,13 @@ def evaluate_rigid(
                 refined = refine_alignment(world, pair, result, experiment.search)
                 outcomes.append(outcome_of("agent+sitk", pair, refined, condition, misalignment))
                 result = refined
+            if experiment.search.guard:
+                final = "agent+sitk" if experiment.search.refine == "sitk" else "agent"
+                guarded, checked = guarded_outcome(
+                    f"{final}+guard", world, pair, start, result, experiment, condition, misalignment
+                )
+                reasons[len(outcomes)] = (checked.fallback, checked.fallback_reason)
+                outcomes.append(guarded)
             if on_result is not None:
                 on_result(condition, world, pair, result)
             if oracle:
@@ -204,8 +270,13 @@ def evaluate_rigid(
                 outcomes.append(rigid_baseline_outcome(method, world, pair, start, condition, misalignment))
             bar.update(1)
     bar.close()
-    rows = [outcome.row() for outcome in outcomes]
-    return metrics_from_outcomes(outcomes), rows
+    flags = [reasons.get(index, ("", "")) for index in range(len(outcomes))]
+    rows = [
+        {**outcome.row(), "fallback": fallback, "fallback_reason": reason}
+        for outcome, (fallback, reason) in zip(outcomes, flags, strict=True)
+    ]
+    metrics = _with_fallback_rates(metrics_from_outcomes(outcomes), outcomes, [f for f, _ in flags])
+    return metrics, rows
 
 
 def evaluate_sdm(

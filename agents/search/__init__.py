@@ -10,6 +10,9 @@ The map:
   the Q-values at the end (:func:`subvoxel_offset`).
 - :mod:`agents.search.align`: :func:`align` on a transform's parameters and
   :func:`refine_alignment` (SimpleITK polish of a rigid answer).
+- :mod:`agents.search.guard`: :func:`guard_alignment`, the plausibility guard of a rigid answer
+  (bounds from the start, similarity vs the start and a moments initialisation) and its
+  SimpleITK fallback.
 - :mod:`agents.search.register`: :func:`register` two volumes, :func:`write_registration`.
 
 Both searches end a level when the agent revisits one of its last positions (oscillation) and
@@ -17,6 +20,7 @@ take the finest level's end as the answer.
 """
 
 from agents.search.align import AlignConfig, Alignment, align, refine_alignment
+from agents.search.guard import Plausibility, check_answer, guard_alignment, guard_bounds
 from agents.search.landmark import (
     AGREEMENT_VOX,
     FINAL_POINTS,
@@ -48,10 +52,14 @@ __all__ = [
     "Detection",
     "LandmarkPolicy",
     "OraclePolicy",
+    "Plausibility",
     "QNetworkPolicy",
     "SearchConfig",
     "align",
+    "check_answer",
     "detect_landmarks",
+    "guard_alignment",
+    "guard_bounds",
     "refine_alignment",
     "register",
     "scored_detections",

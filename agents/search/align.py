@@ -38,6 +38,14 @@ class AlignConfig:
             started from the agent's transform: the agent supplies the capture range, the
             optimiser the last fraction of a millimetre. Evaluations report both.
         refine_iterations, refine_samples: the refinement's iterations and metric samples.
+        guard: check the final rigid answer (after the refinement) for plausibility
+            (:func:`agents.search.guard.guard_alignment`): bounds from the start, and mutual
+            information no worse than at the start or SimpleITK's moments initialisation and
+            peaked at the answer.
+        fallback: what an implausible answer becomes: ``"sitk"`` (SimpleITK's rigid answer from
+            the moments initialisation, flagged) or ``"none"`` (refused: no result is written).
+        max_translation_mm, max_rotation_deg: the bounds of the answer's change from the start
+            per translation and rotation angle; 0 takes 1.5 times the world's misalignment range.
     """
 
     oscillation_window: int = 4
@@ -46,6 +54,10 @@ class AlignConfig:
     refine: str = "none"
     refine_iterations: int = 40
     refine_samples: int = 10_000
+    guard: bool = True
+    fallback: str = "sitk"
+    max_translation_mm: float = 0.0
+    max_rotation_deg: float = 0.0
 
     def __post_init__(self) -> None:
         if self.oscillation_window < 2:
@@ -58,11 +70,26 @@ class AlignConfig:
             raise ValueError(f"align.refine: expected 'none' or 'sitk', got {self.refine!r}")
         if self.refine_iterations < 1 or self.refine_samples < 100:
             raise ValueError("align.refine_iterations and align.refine_samples: expected >= 1 and >= 100")
+        if self.fallback not in ("sitk", "none"):
+            raise ValueError(
+                f"search.fallback: expected 'sitk' (SimpleITK replaces an implausible answer) or 'none' "
+                f"(refuse it), got {self.fallback!r}"
+            )
+        if not (self.max_translation_mm >= 0 and self.max_rotation_deg >= 0):
+            raise ValueError(
+                "search.max_translation_mm / search.max_rotation_deg: expected >= 0 (0: 1.5 times the "
+                f"misalignment range), got {self.max_translation_mm} and {self.max_rotation_deg}"
+            )
 
 
 @dataclass(frozen=True)
 class Alignment:
-    """One registration's answer and path (parameters in mm / degrees / std-devs)."""
+    """One registration's answer and path (parameters in mm / degrees / std-devs).
+
+    ``fallback`` is ``""`` for the search's own answer, ``"sitk"`` when the plausibility guard
+    replaced it by SimpleITK's, ``"refused"`` when it was implausible and no fallback was
+    allowed; ``fallback_reason`` says why.
+    """
 
     case_id: str
     params: NDArray[np.float64]  # (n_params,) final parameters
@@ -73,6 +100,8 @@ class Alignment:
     trajectory_params: NDArray[np.float64]  # (T, n_params), start included
     trajectory_errors_mm: NDArray[np.float64]  # (T,)
     trajectory_levels: NDArray[np.int64]  # (T,)
+    fallback: str = ""
+    fallback_reason: str = ""
 
 
 def align(

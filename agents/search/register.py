@@ -9,6 +9,7 @@ every file through :mod:`envs.io`, whose writers are atomic.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from agents.search.align import AlignConfig, Alignment, align, refine_alignment
+from agents.search.guard import guard_alignment
 from agents.search.policies import AlignmentPolicy
 from envs import io
 from envs.core import Volume, field_transform, params_from_transform
@@ -59,9 +61,15 @@ def register(
     (``moving`` must be the world's atlas, or ``None``). ``initial`` is a SimpleITK transform
     or rigid parameters (mm, degrees) to start from (default: identity).
 
+    A rigid answer passes the plausibility guard (``config.guard``, see
+    :mod:`agents.search.guard`): an implausible one is replaced by SimpleITK's
+    (``alignment.fallback == "sitk"``, with the reason in ``alignment.fallback_reason``) or,
+    with ``config.fallback == "none"``, refused.
+
     Raises:
-        ValueError: images of other dimensionality, or a moving volume that does not overlap
-            the fixed volume's region of interest under the initial transform.
+        ValueError: images of other dimensionality, a moving volume that does not overlap
+            the fixed volume's region of interest under the initial transform, or an
+            implausible answer with ``config.fallback == "none"``.
     """
     fixed = _as_volume(fixed, "fixed")
     if isinstance(world, DeformableWorld):
@@ -88,6 +96,13 @@ def register(
     result = align(world, pair, policy, start, config)
     if config.refine == "sitk" and not isinstance(world, DeformableWorld):
         result = refine_alignment(world, pair, result, config)
+    result = guard_alignment(world, pair, start, result, config)
+    if result.fallback == "refused":
+        raise ValueError(
+            f"register: the agent's answer is implausible ({result.fallback_reason}); no result was "
+            "written. Set search.fallback: sitk to fall back to SimpleITK, or pass an initial transform "
+            "closer to the answer"
+        )
     params_int = np.rint(result.params * UNIT).astype(np.int64)
     if isinstance(world, DeformableWorld):
         return world.sdm.field_on(fixed, result.params), result
@@ -110,8 +125,10 @@ def write_registration(
     convention: Slicer uses it to resample the moving volume onto the fixed one). SDM
     (``answer`` a displacement field on the fixed grid): ``displacement.nii.gz``, a vector
     volume Slicer loads as a transform. Both: ``warped.nii.gz`` (moving resampled on the fixed
-    grid), ``warped_labels.nii.gz`` when ``labels`` (the moving label map) is given, and
-    ``trajectory.csv`` (level, parameters and error per step). Every file is written atomically.
+    grid), ``warped_labels.nii.gz`` when ``labels`` (the moving label map) is given,
+    ``trajectory.csv`` (level, parameters and error per step) and ``registration.json`` (time,
+    steps, and whether the plausibility guard replaced the agent's answer: ``fallback``,
+    ``fallback_reason``). Every file is written atomically.
     """
     out = Path(folder)
     written: dict[str, Path] = {}
@@ -145,4 +162,14 @@ def write_registration(
     ):
         lines.append(",".join([str(step), str(int(level)), *(f"{v:.3f}" for v in params), f"{error:.4f}"]))
     written["trajectory"] = atomic_write_text(out / "trajectory.csv", "\n".join(lines) + "\n")
+    summary = {
+        "case_id": alignment.case_id,
+        "seconds": round(alignment.seconds, 4),
+        "steps": alignment.steps,
+        "params": [round(float(v), 4) for v in alignment.params],
+        "param_names": names,
+        "fallback": alignment.fallback or None,
+        "fallback_reason": alignment.fallback_reason,
+    }
+    written["summary"] = atomic_write_text(out / "registration.json", json.dumps(summary, indent=2) + "\n")
     return written
