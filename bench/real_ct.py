@@ -34,7 +34,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +41,15 @@ sys.path.insert(0, str(ROOT))
 
 from envs.io.atomic import atomic_path, atomic_write_text  # noqa: E402  (the repository root is put on the path first)
 
+# The same derivation as the committed test CT (tests/data/real_ct/make_real_ct.py): one recipe.
+sys.path.insert(0, str(ROOT / "tests" / "data" / "real_ct"))
+from make_real_ct import derive  # noqa: E402
+
 VERSION = "3.0.1"
 ARCHIVE = f"pyradiomics-{VERSION}.tar.gz"
 MEMBERS = {"lung1": "data/lung1_image.nrrd", "lung2": "data/lung2_image.nrrd"}
 SPLITS = (("lung1", "lung1", "train"), ("lung1_val", "lung1", "val"), ("lung2", "lung2", "test"))
 SPACING_MM = 3.0
-BODY_THRESHOLD_HU = -500.0
-MARGIN_MM = 10.0
-OUTSIDE_HU = -1024.0
 
 
 def sha256(path: Path) -> str:
@@ -59,40 +59,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def derive(image: sitk.Image, spacing_mm: float = SPACING_MM) -> sitk.Image:
-    """Anti-aliased linear resampling to isotropic ``spacing_mm``, int16 HU, cropped to the body."""
-    old_spacing = np.array(image.GetSpacing(), dtype=float)
-    variance = [max(0.0, spacing_mm**2 - s**2) / 2.3548**2 for s in old_spacing]
-    smoothed = sitk.DiscreteGaussian(
-        sitk.Cast(image, sitk.sitkFloat32), variance=variance, maximumKernelWidth=64, maximumError=0.01
-    )
-    size = [int(np.floor(n * s / spacing_mm)) for n, s in zip(image.GetSize(), old_spacing, strict=True)]
-    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    origin = np.array(image.GetOrigin(), dtype=float) + direction @ ((spacing_mm - old_spacing) / 2.0)
-    resampled = sitk.Resample(
-        smoothed,
-        size,
-        sitk.Transform(),
-        sitk.sitkLinear,
-        tuple(origin.tolist()),
-        (spacing_mm,) * 3,
-        image.GetDirection(),
-        OUTSIDE_HU,
-        sitk.sitkFloat32,
-    )
-    voxels = np.clip(np.rint(sitk.GetArrayFromImage(resampled)), -32768, 32767).astype(np.int16)
-    out = sitk.GetImageFromArray(voxels)
-    out.CopyInformation(resampled)
-    body = sitk.RelabelComponent(sitk.ConnectedComponent(out > BODY_THRESHOLD_HU), sortByObjectSize=True) == 1
-    shape = sitk.LabelShapeStatisticsImageFilter()
-    shape.Execute(body)
-    box = shape.GetBoundingBox(1)  # (x0, y0, z0, nx, ny, nz)
-    margin = round(MARGIN_MM / spacing_mm)
-    lo = [max(0, box[i] - margin) for i in range(3)]
-    hi = [min(out.GetSize()[i], box[i] + box[i + 3] + margin) for i in range(3)]
-    return out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
 
 
 def _archive(out: Path, given: Path | None) -> Path:
@@ -159,7 +125,7 @@ def prepare(out: Path, archive_path: Path | None, templates: Path | None = None)
     facts = []
     for name, path in sources.items():
         image = sitk.ReadImage(str(path))
-        derived = derive(image)
+        derived = derive(image, SPACING_MM)
         target = out / "images" / f"{name}_ct_3mm.nrrd"
         with atomic_path(target, suffix=".nrrd") as temporary:
             sitk.WriteImage(derived, str(temporary), useCompression=True)
