@@ -209,7 +209,25 @@ def refine_alignment(
         params = params_from_transform(refined.transform, pair.center_lps_mm)
     except ValueError:
         params = result.params  # the optimiser found no overlap: keep the agent's answer
-    params_int = np.rint(params * UNIT).astype(np.int64)
+    return with_final_answer(world, pair, result, params, began, world.n_levels)
+
+
+def with_final_answer(
+    world: AlignmentWorld,
+    pair: AlignmentPair,
+    result: Alignment,
+    params: NDArray[np.float64],
+    began: float,
+    level: int,
+    **fields: str | None,
+) -> Alignment:
+    """``result`` with ``params`` as its answer, appended to the trajectory at ``level``.
+
+    For answers that come after the agent's search (a refinement, a fallback): the error is the
+    world's, ``seconds`` grows by the time since ``began`` (``time.perf_counter()``), and
+    ``fields`` (e.g. ``fallback``) are set too.
+    """
+    params_int = np.rint(np.asarray(params) * UNIT).astype(np.int64)
     error = float(world.errors_mm(pair, params_int)[0])
     return Alignment(
         case_id=result.case_id,
@@ -220,5 +238,6 @@ def refine_alignment(
         seconds=result.seconds + time.perf_counter() - began,
         trajectory_params=np.vstack([result.trajectory_params, params_int / UNIT]),
         trajectory_errors_mm=np.append(result.trajectory_errors_mm, error),
-        trajectory_levels=np.append(result.trajectory_levels, world.n_levels),
+        trajectory_levels=np.append(result.trajectory_levels, level),
+        **fields,
     )

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from agents.search.align import AlignConfig, Alignment
+from agents.search.align import AlignConfig, Alignment, with_final_answer
 from envs.core import (
     Volume,
     apply_rigid,
@@ -41,7 +41,7 @@ from envs.core import (
     params_from_matrix,
     params_from_transform,
 )
-from envs.tasks import UNIT, AlignmentPair, AlignmentWorld, RigidWorld
+from envs.tasks import AlignmentPair, AlignmentWorld, RigidWorld
 
 __all__ = [
     "BOUND_FACTOR",
@@ -283,18 +283,14 @@ def guard_alignment(
             fallback="refused",
             fallback_reason=verdict.reason,
         )
-    params_int = np.rint(_sitk_fallback(world, pair, start, similarity) * UNIT).astype(np.int64)
-    error = float(world.errors_mm(pair, params_int)[0])
-    return Alignment(
-        case_id=result.case_id,
-        params=params_int / UNIT,
-        error_mm=error,
-        initial_error_mm=result.initial_error_mm,
-        steps=result.steps,
-        seconds=result.seconds + time.perf_counter() - began,
-        trajectory_params=np.vstack([result.trajectory_params, params_int / UNIT]),
-        trajectory_errors_mm=np.append(result.trajectory_errors_mm, error),
-        trajectory_levels=np.append(result.trajectory_levels, world.n_levels + 1),
+    params = _sitk_fallback(world, pair, start, similarity)
+    return with_final_answer(
+        world,
+        pair,
+        result,
+        params,
+        began,
+        world.n_levels + 1,
         fallback="sitk",
         fallback_reason=verdict.reason,
     )
