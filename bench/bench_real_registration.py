@@ -89,7 +89,8 @@ def bench(
         baselines=baselines,
         oracle=False,
     )
-    print(markdown_table(metrics, f"real data ({split}: {', '.join(c.case_id for c in dataset.split(split))})"))
+    cases = ", ".join(case.case_id for case in dataset.split(split))
+    print(markdown_table(metrics, f"real data ({split}: {cases})"))
     for method, by_condition in metrics.items():
         for misalignment, entry in by_condition["mono"].items():
             extra = f", fallback {entry['fallback_rate']:.0%}" if "fallback_rate" in entry else ""

@@ -96,7 +96,8 @@ def test_failed_trials_leave_nothing_and_keep_what_was_there(
     """In this process (no Ray; training replaced by a stand-in): one trial fails midway, then all."""
 
     def fail_on_seed_1(experiment, run, state, run_dir):
-        assert run_dir.is_dir() and not any(run_dir.iterdir())  # the trial made it, empty
+        assert run_dir.is_dir()  # the trial made it, empty
+        assert not any(run_dir.iterdir())
         (run_dir / "config.yaml").write_text("seed: 0")
         if experiment.seed == 1:
             raise RuntimeError("trial broke")
