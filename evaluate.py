@@ -187,9 +187,22 @@ def check_flags(args: argparse.Namespace, task: str) -> None:
             raise ValueError(f"{_flag(name)}: expected >= {low}, got {value}")
 
 
+def _each_once(runs: list) -> None:
+    """Refuse a run folder given twice (e.g. a sweep folder and one of its trials): mean +- std would
+    count it twice."""
+    seen: dict = {}
+    for run in runs:
+        key = run.path.resolve()
+        if key in seen:
+            raise ValueError(
+                f"run folder {run.path} is given twice (as {seen[key]}; a sweep folder means its trials); "
+                "pass each run once"
+            )
+        seen[key] = run.path
+
+
 def evaluate(args: argparse.Namespace) -> int:
-    folders = list(dict.fromkeys(path.resolve() for path in expand_run_folders(args.runs)))  # each once
-    runs = [open_run(path) for path in folders]
+    runs = [open_run(path) for path in expand_run_folders(args.runs)]
     tasks = sorted({run.experiment.task for run in runs})
     if len(tasks) > 1:
         raise ValueError(f"the runs mix tasks {tasks}; evaluate runs of one task at a time")
@@ -199,6 +212,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output_folder(args.out)
     if tasks[0] == "custom":
+        _each_once(runs)
         return evaluate_custom_runs(runs, episodes=args.episodes, out=args.out)
     split = args.split or "test"
     # registration runs (rigid, sdm): one at a time
@@ -235,6 +249,7 @@ def evaluate(args: argparse.Namespace) -> int:
             listing = f"{written[0].relative_to(out)} ... {written[-1].relative_to(out)}"
         print(f"evaluate.py: {len(scans)} scans; wrote {len(written)} files to {out}: {listing}")
         return 0
+    _each_once(runs)
     return evaluate_landmark_runs(
         runs,
         data=args.data,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +79,15 @@ def test_evaluate_writes_metrics_tables_and_plots(
 
 def test_evaluate_several_runs_summarises_mean_and_std(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "many"
-    assert evaluate_main([str(trained_run), str(trained_run), "--out", str(out)]) == 0
+    copy = tmp_path / "copies" / trained_run.name  # same folder name: the outputs still stay apart
+    shutil.copytree(trained_run, copy)
+    assert evaluate_main([str(trained_run), str(copy), "--out", str(out)]) == 0
     summary = json.loads((out / "summary_over_runs.json").read_text())
     assert summary["agent"]["n"]["runs"] == 2
     assert summary["oracle"]["median_mm"]["runs"] == 2
-    assert summary["oracle"]["median_mm"]["std"] == pytest.approx(0.0)  # same run twice
+    assert summary["oracle"]["median_mm"]["std"] == pytest.approx(0.0)  # the same agent twice
+    assert len(list(out.rglob("metrics.json"))) == 2
+    assert evaluate_main([str(trained_run), str(trained_run), "--out", str(tmp_path / "twice")]) == 2
 
 
 def test_predict_writes_slicer_files(
