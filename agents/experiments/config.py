@@ -228,6 +228,8 @@ class RigidEnvConfig:
     """true motion of a self pair: uniform +-mm, +-degrees per axis"""
     control_spacing_mm: float = 40.0
     """spacing of the control points the TRE is measured on (mm)"""
+    observation: str = "intensity"
+    """observed channels: intensity (fixed, moving), gradient (their edge maps, contrast-robust) or both"""
     preset: str | None = None
     """intensity preset (null: by modality)"""
     tre_threshold_mm: float = 1.0
@@ -248,6 +250,10 @@ class RigidEnvConfig:
             )
         if self.pairing not in ("self", "landmarks"):
             raise ConfigError(f"config env.pairing: expected self or landmarks, got {self.pairing!r}")
+        if self.observation not in ("intensity", "gradient", "both"):
+            raise ConfigError(
+                f"config env.observation: expected intensity, gradient or both, got {self.observation!r}"
+            )
         if not 0.0 <= self.partial_fov <= 1.0:
             raise ConfigError(
                 f"config env.partial_fov: expected a probability in [0, 1], got {self.partial_fov}"
@@ -271,6 +277,7 @@ class RigidEnvConfig:
             "variants_per_case": self.variants_per_case,
             "variant_motion": self.variant_motion,
             "control_spacing_mm": self.control_spacing_mm,
+            "observation": self.observation,
         }
 
 

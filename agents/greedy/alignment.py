@@ -31,7 +31,8 @@ class GreedyTrainer(QRegression):
     Args:
         policy: a DQN policy (:func:`agents.dqn.build_policy`); its optimizer is used.
         world: the training world (pairs, levels, rendering, errors).
-        buffer_size: rendered samples kept (each is ``2 S^3`` bytes plus rewards).
+        buffer_size: rendered samples kept (each is ``C S^3`` bytes plus rewards, ``C`` the
+            world's observed channels).
         batch_size: samples per gradient update.
         new_per_update: freshly rendered samples added before each update.
         max_grad_norm: gradient clipping, as SB3's DQN.
@@ -64,7 +65,7 @@ class GreedyTrainer(QRegression):
         )
         self.world = world
         size = world.obs_size
-        self.patches = np.zeros((buffer_size, 2, size, size, size), np.uint8)
+        self.patches = np.zeros((buffer_size, world.n_channels, size, size, size), np.uint8)
         self.levels = np.zeros(buffer_size, np.int64)
         self.rewards = np.zeros((buffer_size, world.n_actions), np.float32)
         self._walkers: list[tuple[int, int, NDArray[np.int64], int]] = []
@@ -116,8 +117,7 @@ class GreedyTrainer(QRegression):
             pair_index, level, params = self._next_state()
             pair = world.pair(pair_index)
             row = self.next_row()
-            self.patches[row, 0] = pair.fixed_patches[level]
-            self.patches[row, 1] = world.render_moving(pair, level, params)
+            world.observation_patch(pair, level, params, out=self.patches[row])
             self.levels[row] = level
             self.rewards[row] = world.candidate_rewards(pair, level, params)
 

@@ -43,6 +43,8 @@ from envs.core.pyramid import (
     Pyramid,
     build_pyramid,
     crop_patch,
+    edge_map,
+    edge_pyramid,
     resample_isotropic,
 )
 from envs.core.rigid import (
@@ -83,6 +85,8 @@ __all__ = [
     "control_points",
     "crop_patch",
     "cube_grid_lps",
+    "edge_map",
+    "edge_pyramid",
     "empty_grid",
     "euler_matrix",
     "euler_transform",

@@ -16,7 +16,7 @@ standard deviations), so a replay buffer can store it exactly in an int32 pose.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 
 from envs.core import Pyramid, crop_patch, cube_grid_lps
+from envs.core.pyramid import edge_pyramid
 from envs.data import Dataset, Subject
 from envs.tasks.base import (
     OscillationTracker,
@@ -37,10 +38,12 @@ from envs.tasks.base import (
     reset_options,
 )
 
-__all__ = ["UNIT", "AlignmentEnv", "AlignmentPair", "AlignmentWorld"]
+__all__ = ["OBSERVATIONS", "UNIT", "AlignmentEnv", "AlignmentPair", "AlignmentWorld"]
 
 UNIT = 1000  # state parameters are integers in thousandths (of mm, degrees, or std-devs)
 _RESET_OPTIONS = ("case_id", "variant", "level", "params", "offset")
+#: Observation channels: intensities (fixed, moving), edges (fixed, moving) or all four.
+OBSERVATIONS = ("intensity", "gradient", "both")
 
 
 @dataclass(frozen=True, repr=False)
@@ -58,6 +61,9 @@ class AlignmentPair:
         control_moving_lps_mm: ``(n, 3)`` where they truly are in the moving volume.
         truth: the best parameters (float, in parameter units) the model can reach.
         extras: family-specific data (e.g. SDM modes at the control points).
+        fixed_edges: per level, the fixed edge channel (:func:`envs.core.pyramid.edge_map`), or
+            ``()`` when the observation has no edge channels.
+        moving_edges: the moving pyramid's edge maps (resampled like the intensities), or None.
     """
 
     case_id: str
@@ -70,10 +76,14 @@ class AlignmentPair:
     control_moving_lps_mm: NDArray[np.float64]
     truth: NDArray[np.float64]
     extras: dict[str, Any] = field(default_factory=dict)
+    fixed_edges: tuple[NDArray[np.uint8], ...] = ()
+    moving_edges: Pyramid | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.fixed.nbytes + self.moving.nbytes + sum(p.nbytes for p in self.fixed_patches)
+        edges = self.moving_edges.nbytes if self.moving_edges is not None else 0
+        patches = sum(p.nbytes for p in self.fixed_patches) + sum(p.nbytes for p in self.fixed_edges)
+        return self.fixed.nbytes + self.moving.nbytes + patches + edges
 
 
 class AlignmentWorld(TaskWorld):
@@ -99,8 +109,15 @@ class AlignmentWorld(TaskWorld):
         variants_per_case: int,
         seed: int,
         case_ids: Sequence[str] | None,
+        observation: str = "intensity",
     ) -> None:
         super().__init__(dataset, split, levels_mm, preset, variants_per_case, seed, case_ids)
+        if observation not in OBSERVATIONS:
+            raise ValueError(
+                f"observation: expected one of {', '.join(OBSERVATIONS)}, got {observation!r} "
+                "(intensity: fixed and moving intensities; gradient: their edge maps; both: all four)"
+            )
+        self.observation_kind = observation
         if isinstance(obs_size, bool) or not isinstance(obs_size, (int, np.integer)) or obs_size < 9:
             raise ValueError(f"obs_size: expected an integer >= 9 voxels (e.g. 25 or 32), got {obs_size!r}")
         step_table = np.asarray(steps, dtype=np.float64)
@@ -134,11 +151,16 @@ class AlignmentWorld(TaskWorld):
     def pose_dim(self) -> int:
         return 2 + self.n_params
 
+    @property
+    def n_channels(self) -> int:
+        """Channels of the observed patch: 2 (intensities or edges) or 4 (both)."""
+        return 4 if self.observation_kind == "both" else 2
+
     def observation_space(self) -> spaces.Dict:
         size = self.obs_size
         return spaces.Dict(
             {
-                "patch": spaces.Box(0, 255, (2, size, size, size), np.uint8),
+                "patch": spaces.Box(0, 255, (self.n_channels, size, size, size), np.uint8),
                 "level": spaces.Discrete(self.n_levels),
             }
         )
@@ -163,7 +185,19 @@ class AlignmentWorld(TaskWorld):
         return self.find_variant(case_id, variant)
 
     def _pair_key(self) -> tuple:
-        return (self.family, self.levels_mm, self.obs_size, self.preset, self.seed)
+        return (self.family, self.levels_mm, self.obs_size, self.preset, self.seed, self.observation_kind)
+
+    def with_edges(self, pair: AlignmentPair, fixed_edges: Pyramid | None = None) -> AlignmentPair:
+        """``pair`` with its edge channels when the observation has them (else ``pair`` itself).
+
+        The edge maps are computed once per pyramid level here (``fixed_edges`` passes a cached
+        fixed one), so stepping only resamples them like the intensities.
+        """
+        if self.observation_kind == "intensity":
+            return pair
+        fixed = fixed_edges if fixed_edges is not None else edge_pyramid(pair.fixed)
+        _, patches = self.observation_grids(fixed, pair.center_lps_mm)
+        return replace(pair, fixed_edges=patches, moving_edges=edge_pyramid(pair.moving))
 
     def build_pair(self, subject: Subject, variant: int) -> AlignmentPair:
         raise NotImplementedError
@@ -185,27 +219,48 @@ class AlignmentWorld(TaskWorld):
         return cube_grid_lps(pair.grid_origins_lps_mm[level], self.obs_size, self.levels_mm[level])
 
     # ------------------------------------------------------------------ observations and errors
-    def render_moving(self, pair: AlignmentPair, level: int, params: NDArray[np.int64]) -> NDArray[np.uint8]:
+    def render_moving(
+        self, pair: AlignmentPair, level: int, params: NDArray[np.int64], edges: bool = False
+    ) -> NDArray[np.uint8]:
+        """The moving intensities (``edges``: the moving edge map) under ``params`` on the grid."""
         raise NotImplementedError
 
     def errors_mm(self, pair: AlignmentPair, params: NDArray) -> NDArray[np.float64]:
         """Mean control-point error (mm) of parameter rows ``(B, n_params)`` in integer thousandths."""
         raise NotImplementedError
 
+    def observation_patch(
+        self, pair: AlignmentPair, level: int, params: NDArray[np.int64], out: NDArray | None = None
+    ) -> NDArray[np.uint8]:
+        """The ``(n_channels, S, S, S)`` patch: fixed, moving intensities, then fixed, moving edges."""
+        if out is None:
+            out = np.empty((self.n_channels, *(self.obs_size,) * 3), np.uint8)
+        channel = 0
+        if self.observation_kind != "gradient":
+            out[0] = pair.fixed_patches[level]
+            out[1] = self.render_moving(pair, level, params)
+            channel = 2
+        if self.observation_kind != "intensity":
+            if pair.moving_edges is None:
+                raise ValueError(
+                    f"observation {self.observation_kind!r}: pair {pair.case_id!r} has no edge maps "
+                    "(built without AlignmentWorld.with_edges)"
+                )
+            out[channel] = pair.fixed_edges[level]
+            out[channel + 1] = self.render_moving(pair, level, params, edges=True)
+        return out
+
     def observation(self, pair: AlignmentPair, level: int, params: NDArray[np.int64]) -> dict[str, Any]:
-        patch = np.stack([pair.fixed_patches[level], self.render_moving(pair, level, params)])
-        return {"patch": patch, "level": int(level)}
+        return {"patch": self.observation_patch(pair, level, params), "level": int(level)}
 
     def observations_from_poses(self, poses: NDArray) -> dict[str, NDArray]:
         """Batch of observations rebuilt from poses ``(B, 2 + n_params)``: ``[pair, level, params...]``."""
         poses = np.asarray(poses)
         size = self.obs_size
-        patch = np.empty((len(poses), 2, size, size, size), dtype=np.uint8)
+        patch = np.empty((len(poses), self.n_channels, size, size, size), dtype=np.uint8)
         for row, pose in enumerate(poses):
             pair = self.pair(int(pose[0]))
-            level = int(pose[1])
-            patch[row, 0] = pair.fixed_patches[level]
-            patch[row, 1] = self.render_moving(pair, level, pose[2:].astype(np.int64))
+            self.observation_patch(pair, int(pose[1]), pose[2:].astype(np.int64), out=patch[row])
         return {"patch": patch, "level": poses[:, 1].astype(np.int64)}
 
     def start_params(self, pair: AlignmentPair, level: int, rng: np.random.Generator) -> NDArray[np.int64]:

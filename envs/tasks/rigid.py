@@ -28,6 +28,7 @@ from envs.core import (
     rigid_fit,
     stable_hash,
 )
+from envs.core.pyramid import edge_pyramid
 from envs.data import CONTRASTS, Dataset, Subject, is_multimodal, varied_pyramid
 from envs.phantom import phantom_dataset
 from envs.tasks.alignment import UNIT, AlignmentEnv, AlignmentPair, AlignmentWorld
@@ -69,6 +70,9 @@ class RigidWorld(AlignmentWorld):
         variant_motion: ``(mm, deg)`` range of the variants' ground-truth motion.
         control_spacing_mm: lattice of the control points over the body (self pairs).
         seed: base seed of the variants.
+        observation: ``"intensity"`` (fixed, moving), ``"gradient"`` (their contrast-robust edge
+            maps, :func:`envs.core.pyramid.edge_map` of each level, the moving one resampled
+            exactly like the moving intensities) or ``"both"`` (4 channels).
     """
 
     param_names = RIGID_PARAM_NAMES
@@ -93,6 +97,7 @@ class RigidWorld(AlignmentWorld):
         control_spacing_mm: float = 40.0,
         seed: int = 0,
         case_ids: Sequence[str] | None = None,
+        observation: str = "intensity",
     ) -> None:
         if contrast not in CONTRASTS:
             raise ValueError(f"contrast: expected one of {CONTRASTS}, got {contrast!r}")
@@ -115,7 +120,7 @@ class RigidWorld(AlignmentWorld):
             )
         steps = [[t, t, t, r, r, r] for t, r in zip(translation, rotation, strict=True)]
         super().__init__(
-            dataset, split, levels_mm, obs_size, steps, preset, variants_per_case, seed, case_ids
+            dataset, split, levels_mm, obs_size, steps, preset, variants_per_case, seed, case_ids, observation
         )
         self.misalignment = (float(misalignment_mm), float(misalignment_deg))
         self.contrast = contrast
@@ -185,9 +190,15 @@ class RigidWorld(AlignmentWorld):
         moving = self._vary(moving, variant, rng)
         truth, _ = rigid_fit(fixed_points, moving_points, center)
         origins, patches = self.observation_grids(fixed, center)
-        return AlignmentPair(
+        pair = AlignmentPair(
             case_id, fixed, moving, center, origins, patches, fixed_points, moving_points, truth
         )
+        if self.observation_kind == "intensity":
+            return pair
+        fixed_edges = self.dataset.derived(
+            subject.case, ("rigid-fixed-edges", self.levels_mm, preset), lambda s: edge_pyramid(fixed)
+        )
+        return self.with_edges(pair, fixed_edges)
 
     def _partner(self, subject: Subject) -> Subject:
         ids = [case.case_id for case in self.cases]
@@ -205,11 +216,17 @@ class RigidWorld(AlignmentWorld):
         )
 
     # ------------------------------------------------------------------ rendering and errors
-    def render_moving(self, pair: AlignmentPair, level: int, params: NDArray[np.int64]) -> NDArray[np.uint8]:
-        """``moving(T(p))`` on the observation grid (trilinear; 0 outside the moving volume)."""
+    def render_moving(
+        self, pair: AlignmentPair, level: int, params: NDArray[np.int64], edges: bool = False
+    ) -> NDArray[np.uint8]:
+        """``moving(T(p))`` on the observation grid (trilinear; 0 outside the moving volume);
+        ``edges``: the moving edge map, resampled the same way."""
         values = np.asarray(params, dtype=np.float64) / UNIT
         spacing = self.levels_mm[level]
-        moving_level = pair.moving.levels[level]
+        source = pair.moving_edges if edges else pair.moving
+        if source is None:
+            raise ValueError(f"render_moving(edges=True): pair {pair.case_id!r} has no edge maps")
+        moving_level = source.levels[level]
         rotation = euler_matrix(values[3:6])
         center = pair.center_lps_mm
         # Moving index (x, y, z) = (R (o + s i - c) + c + t - o_m) / s_m, affine in grid index i.
@@ -287,7 +304,7 @@ class RigidWorld(AlignmentWorld):
                 )
             truth, _ = rigid_fit(fixed_points, moving_points, center)
         origins, patches = self.observation_grids(fixed_pyramid, center)
-        return AlignmentPair(
+        pair = AlignmentPair(
             fixed.name or "fixed",
             fixed_pyramid,
             moving_pyramid,
@@ -298,6 +315,7 @@ class RigidWorld(AlignmentWorld):
             moving_points,
             truth,
         )
+        return self.with_edges(pair)
 
     def transform(self, pair: AlignmentPair, params: NDArray[np.int64]) -> sitk.Euler3DTransform:
         """The SimpleITK transform (fixed -> moving points) of integer parameters."""
@@ -308,10 +326,12 @@ class RigidRegistrationEnv(AlignmentEnv):
     """Rigidly align a moving volume to a fixed one with 12 discrete actions (Liao et al. 2017).
 
     ## Observation Space
-    ``Dict`` with ``"patch"``: ``Box(0, 255, (2, S, S, S), uint8)``: channel 0 the fixed volume,
+    ``Dict`` with ``"patch"``: ``Box(0, 255, (C, S, S, S), uint8)``: channel 0 the fixed volume,
     channel 1 the moving volume under the current transform, both on an ``S^3`` grid (axes
     z, y, x; +z superior, +y posterior, +x patient left) centred on the body at the current
-    level's spacing (``levels_mm``); 0 outside a field of view. ``"level"``: ``Discrete``.
+    level's spacing (``levels_mm``); 0 outside a field of view. ``observation="gradient"``
+    replaces both by their contrast-robust edge maps (``C = 2``); ``"both"`` appends the edge
+    maps after the intensities (``C = 4``). ``"level"``: ``Discrete``.
 
     ## Action Space
     ``Discrete(12)``: ``2i`` adds and ``2i + 1`` subtracts the level's step on parameter ``i``
