@@ -9,12 +9,16 @@ STAMP := $(VENV)/.installed
 GYM_LATEST := 1.4.0
 GYM_LATEST_DIR := $(VENV)/gym-latest
 GYM_LATEST_STAMP := $(GYM_LATEST_DIR)/.installed-$(GYM_LATEST)
-# A few env / API / training-smoke tests for that pass (< 60 s on a quiet 2-core machine).
+# A few env / API / training-smoke / wrapper-replay tests for that pass (< 60 s on a quiet 2-core machine).
 COMPAT_TESTS := tests/test_gym_versions.py \
 	tests/test_landmark_env.py::test_registered_id_passes_gymnasium_and_sb3_checks \
 	tests/test_landmark_env.py::test_same_seed_gives_the_same_rollout \
 	tests/test_landmark_env.py::test_zero_argument_make_works_on_phantoms \
-	tests/test_cli.py::test_smoke_train_writes_a_self_describing_run
+	tests/test_cli.py::test_smoke_train_writes_a_self_describing_run \
+	tests/test_plugin.py::test_replay_of_a_wrapped_medgym_env_equals_the_wrapper_observation \
+	tests/test_plugin.py::test_wrappers_that_may_change_observations_are_refused_in_one_line \
+	tests/test_plugin.py::test_wrappers_with_their_own_step_or_reset_and_impure_ones_are_caught \
+	tests/test_plugin.py::test_gymnasium_vector_env_is_refused_with_what_sb3_takes
 
 .PHONY: setup demo test test-gym-latest test-slow lint format bench bench-tune bench-real clean
 
