@@ -270,13 +270,13 @@ def _remove_sweep(sweep_dir: Path, made: Path | None, existed: bool, trials: lis
     """Remove what this sweep made: the folders it created, or (an empty folder given) what it wrote."""
     if made is not None:
         shutil.rmtree(sweep_dir, ignore_errors=True)  # ours: claimed by mkdir
-        folder = sweep_dir.parent
-        while made in (folder, *folder.parents):  # parents this call made, while still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-            if folder.exists() or folder == made:
+        for folder in sweep_dir.parents:  # then the parents this call made, while they are empty
+            if made not in (folder, *folder.parents):
                 break
-            folder = folder.parent
+            try:
+                folder.rmdir()
+            except OSError:
+                break
     elif existed:
         for name in ("sweep.json", "tune", *(trial.name for trial in trials)):
             entry = sweep_dir / name
