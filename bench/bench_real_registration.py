@@ -3,15 +3,20 @@
     python bench/real_ct.py prepare --out data/real_ct                       # once
     python train.py configs/rigid_own_data.yaml --set train.max_minutes=15 --run-dir runs/real_ct
     python bench/bench_real_registration.py runs/real_ct [--trials 10] [--misalignments 15 30 45 60]
+        [--conditions mono partial] [--baselines sitk sitk-moments elastix]
 
-The run is trained self-supervised on lung1 (moved, re-noised, cropped copies of itself); the
-benchmark registers lung2 (another patient, never seen in training) to moved copies of itself at
-+-M mm and +-M degrees per parameter (uniform), ``--trials`` pairs per M. On the same pairs and
-starts: ``agent`` (the learnt search alone), ``agent+sitk`` (its answer polished by a short
+The run is trained self-supervised on the training scans of the manifest (by default lung1 and
+ts_abdomen: moved, re-noised, cropped copies of themselves); the benchmark registers each test
+scan (lung2 and ts_chest: other patients, never seen in training) to moved copies of itself at
++-M mm and +-M degrees per parameter (uniform), ``--trials`` pairs per M (spread over the test
+scans); ``--conditions partial`` crops the moved copy to a 40-70 % slab (partial overlap). On
+the same pairs and starts: ``agent`` (the learnt search alone), ``agent+sitk`` (its answer polished by a short
 SimpleITK optimisation), ``agent+sitk+guard`` (that answer through the plausibility guard, with
 its SimpleITK fallback: the product as ``evaluate.py --register`` runs it), ``sitk`` (SimpleITK
 versor rigid + Mattes MI from the same start) and ``sitk-moments`` (SimpleITK from its moments
-initialisation, as a user runs it on two scans). Success: mean TRE over control points < 2 mm.
+initialisation, as a user runs it on two scans), and with ``--baselines ... elastix``
+elastix's default rigid map (``pip install itk-elastix==0.25.4``: the ``medgym[elastix]`` extra).
+Success: mean TRE over control points < 2 mm.
 Prints a table and saves bench/results/real_registration.json.
 
 The real multimodal pair (T1w vs T2w, co-registered MNI 2009c templates from
@@ -57,6 +62,7 @@ def bench(
     split: str,
     pairing: str | None = None,
     baselines: tuple[str, ...] = ("sitk", "sitk-moments"),
+    conditions: tuple[str, ...] = ("mono",),
 ) -> dict:
     """Every method on ``trials`` pairs per misalignment of ``split``; the figures as a dict.
 
@@ -85,18 +91,20 @@ def bench(
         split,
         misalignments=misalignments,
         trials=trials,
-        conditions=("mono",),
+        conditions=conditions,
         baselines=baselines,
         oracle=False,
     )
     cases = ", ".join(case.case_id for case in dataset.split(split))
     print(markdown_table(metrics, f"real data ({split}: {cases})"))
     for method, by_condition in metrics.items():
-        for misalignment, entry in by_condition["mono"].items():
+        for condition, misalignment, entry in (
+            (c, m, e) for c, by_misalignment in by_condition.items() for m, e in by_misalignment.items()
+        ):
             extra = f", fallback {entry['fallback_rate']:.0%}" if "fallback_rate" in entry else ""
             print(
-                f"{method:>18} +-{misalignment:>3}: success {entry['success_rate']:.0%}, median TRE "
-                f"{entry['median_mm']:.2f} mm (before {entry['before_median_mm']:.1f}), "
+                f"{method:>18} {condition:>7} +-{misalignment:>3}: success {entry['success_rate']:.0%}, "
+                f"median TRE {entry['median_mm']:.2f} mm (before {entry['before_median_mm']:.1f}), "
                 f"median {entry['median_s']:.2f} s{extra}"
             )
     summary_path = run / "summary.json"
@@ -107,6 +115,7 @@ def bench(
         "split": split,
         "trials": trials,
         "misalignments": misalignments,
+        "conditions": list(conditions),
         "seconds": time.perf_counter() - began,
         "training": {k: training.get(k) for k in ("num_timesteps", "minutes", "best_mm") if k in training},
         "config": {"env": dict(experiment.env.__dict__), "search": dict(experiment.search.__dict__)},
@@ -127,13 +136,27 @@ def main(argv: list[str] | None = None) -> int:
         "--baselines", nargs="*", default=["sitk", "sitk-moments"], help="SimpleITK baselines (none: none)"
     )
     parser.add_argument("--pairing", choices=("self", "landmarks"), help="override the run's env.pairing")
+    parser.add_argument(
+        "--conditions",
+        nargs="+",
+        default=["mono"],
+        choices=("mono", "partial", "multimodal"),
+        help="mono: moved, re-noised copies; partial: cropped to a 40-70 %% slab; multimodal: re-contrasted",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "real_registration.json")
     args = parser.parse_args(argv)
     set_torch_threads(1)
     try:
         baselines = tuple(b for b in args.baselines if b != "none")
         figures = bench(
-            args.run, args.manifest, args.trials, args.misalignments, args.split, args.pairing, baselines
+            args.run,
+            args.manifest,
+            args.trials,
+            args.misalignments,
+            args.split,
+            args.pairing,
+            baselines,
+            tuple(args.conditions),
         )
     except (ValueError, OSError) as error:
         print(f"bench_real_registration.py: {error}", file=sys.stderr)

@@ -1,19 +1,25 @@
-"""Real chest CTs for self-supervised registration training and a held-out test scan.
+"""Real CTs of four patients for self-supervised registration training and held-out test scans.
 
-    python bench/real_ct.py prepare --out data/real_ct [--archive pyradiomics-3.0.1.tar.gz]
+    python bench/real_ct.py prepare --out data/real_ct [--archive ARCHIVE ...]
 
 A registry step, run once by the user (never at train or evaluate time):
 
-1. ``python -m pip download --no-deps --no-binary :all: --no-build-isolation pyradiomics==3.0.1
-   -d OUT/source`` (skipped when ``--archive`` names the source archive already downloaded);
-2. extracts ``data/lung1_image.nrrd`` and ``data/lung2_image.nrrd`` (two different patients'
-   chest CTs, 0.6 x 0.6 x 5 mm) to ``OUT/source/``;
+1. ``python -m pip download --no-deps --no-binary :all: --no-build-isolation PACKAGE==VERSION
+   -d OUT/source`` for pyradiomics 3.0.1 and TotalSegmentator 2.18.0 (skipped for an archive
+   named by ``--archive``, already downloaded);
+2. extracts four CTs to ``OUT/source/``: pyradiomics' test cases ``lung1`` and ``lung2`` (two
+   patients' chest CTs, 0.6 x 0.6 x 5 mm) and TotalSegmentator's test files ``ts_abdomen``
+   (an abdomen-pelvis CT, 3 mm) and ``ts_chest`` (a contrast-enhanced chest CT, 1.5 mm);
 3. writes 3 mm isotropic copies (anti-aliased, int16 HU, cropped to the body plus 10 mm, as
-   ``tests/data/real_ct/make_real_ct.py`` does) to ``OUT/images/``, and ``OUT/manifest.csv``:
-   lung1 as the training case (and, as ``lung1_val``, the validation case: self-supervised
-   pairs are moved copies, so validation sees other moves of the same scan), lung2 as the
-   held-out test case;
-4. writes ``OUT/PROVENANCE.md`` (archive, members, sha256, licence);
+   ``tests/data/real_ct/make_real_ct.py`` does) to ``OUT/images/``, and the manifests:
+
+   - ``manifest.csv`` (cross-patient): lung1 and ts_abdomen for training, lung1 again as
+     ``lung1_val`` for validation (self-supervised pairs are moved copies, so validation sees
+     other moves of a training scan), lung2 and ts_chest held out for testing (two patients
+     never seen in training, one with IV contrast);
+   - ``manifest_one_patient.csv``: lung1 alone for training, lung2 held out (the setting of
+     the first real-CT figures);
+4. writes ``OUT/PROVENANCE.md`` (archives, members, sha256, licences);
 5. when ``--templates`` (default ``data/real``, made by ``bench/real_anatomy.py prepare``) holds
    the MNI 2009c symmetric T1w and T2w templates (co-registered) and the CerebrA centroids,
    writes ``OUT/multimodal_manifest.csv``: the T1w for training (``t1_train``), a moved T1w
@@ -45,11 +51,43 @@ from envs.io.atomic import atomic_path, atomic_write_text  # noqa: E402  (the re
 sys.path.insert(0, str(ROOT / "tests" / "data" / "real_ct"))
 from make_real_ct import derive  # noqa: E402
 
-VERSION = "3.0.1"
-ARCHIVE = f"pyradiomics-{VERSION}.tar.gz"
-MEMBERS = {"lung1": "data/lung1_image.nrrd", "lung2": "data/lung2_image.nrrd"}
-SPLITS = (("lung1", "lung1", "train"), ("lung1_val", "lung1", "val"), ("lung2", "lung2", "test"))
+# package -> (version, {scan: archive member}, licence member)
+PACKAGES = {
+    "pyradiomics": (
+        "3.0.1",
+        {"lung1": "data/lung1_image.nrrd", "lung2": "data/lung2_image.nrrd"},
+        "LICENSE.txt",
+    ),
+    "totalsegmentator": (
+        "2.18.0",
+        {
+            "ts_abdomen": "tests/reference_files/example_ct.nii.gz",
+            "ts_chest": "tests/reference_files/aorta_report/example_ct.nii.gz",
+        },
+        "LICENSE",
+    ),
+}
+#: manifest file -> rows (case_id, scan, split)
+MANIFESTS = {
+    "manifest.csv": (
+        ("lung1", "lung1", "train"),
+        ("ts_abdomen", "ts_abdomen", "train"),
+        ("lung1_val", "lung1", "val"),
+        ("lung2", "lung2", "test"),
+        ("ts_chest", "ts_chest", "test"),
+    ),
+    "manifest_one_patient.csv": (
+        ("lung1", "lung1", "train"),
+        ("lung1_val", "lung1", "val"),
+        ("lung2", "lung2", "test"),
+    ),
+}
 SPACING_MM = 3.0
+
+
+def archive_name(package: str) -> str:
+    """The source archive's file name (``pyradiomics-3.0.1.tar.gz``)."""
+    return f"{package}-{PACKAGES[package][0]}.tar.gz"
 
 
 def sha256(path: Path) -> str:
@@ -61,20 +99,21 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _archive(out: Path, given: Path | None) -> Path:
+def _archive(out: Path, package: str, given: list[Path]) -> Path:
     source = out / "source"
     source.mkdir(parents=True, exist_ok=True)
-    if given is not None:
-        if not given.is_file():
-            raise ValueError(f"--archive {given}: no such file; pass {ARCHIVE} or leave --archive out")
-        target = source / ARCHIVE
-        if not target.exists():
-            shutil.copyfile(given, target)
-        return target
-    target = source / ARCHIVE
+    name = archive_name(package)
+    target = source / name
+    for path in given:
+        if path.name == name:
+            if not path.is_file():
+                raise ValueError(f"--archive {path}: no such file; pass {name} or leave --archive out")
+            if not target.exists():
+                shutil.copyfile(path, target)
+            return target
     if not target.exists():
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
-        command += ["--no-build-isolation", f"pyradiomics=={VERSION}", "-d", str(source)]
+        command += ["--no-build-isolation", f"{package}=={PACKAGES[package][0]}", "-d", str(source)]
         print(" ".join(command), flush=True)
         subprocess.run(command, check=True)
     return target
@@ -105,70 +144,91 @@ def multimodal_manifest(out: Path, templates: Path) -> Path | None:
     return atomic_write_text(out / "multimodal_manifest.csv", "\n".join(lines) + "\n")
 
 
-def prepare(out: Path, archive_path: Path | None, templates: Path | None = None) -> None:
+def prepare(out: Path, archives: list[Path] | None = None, templates: Path | None = None) -> None:
     """Steps 1-5 of the module docstring."""
-    archive = _archive(out, archive_path)
-    sources: dict[str, Path] = {}
-    with tarfile.open(archive) as archive_file:
-        for name, member in MEMBERS.items():
-            target = out / "source" / f"{name}_image.nrrd"
-            if not target.exists():
-                handle = archive_file.extractfile(f"pyradiomics-{VERSION}/{member}")
-                if handle is None:
-                    raise ValueError(f"{archive}: no member {member}")
-                with atomic_path(target) as temporary:
-                    temporary.write_bytes(handle.read())
-            sources[name] = target
-        licence = archive_file.extractfile(f"pyradiomics-{VERSION}/LICENSE.txt")
-        licence_text = licence.read().decode() if licence is not None else "(not found)"
+    unknown = [a for a in archives or [] if a.name not in {archive_name(p) for p in PACKAGES}]
+    if unknown:
+        expected = ", ".join(archive_name(p) for p in PACKAGES)
+        raise ValueError(f"--archive {unknown[0]}: expected one of {expected}")
+    sources: dict[str, tuple[str, Path]] = {}
+    licences: dict[str, tuple[Path, str]] = {}
+    for package, (version, members, licence_member) in PACKAGES.items():
+        archive = _archive(out, package, archives or [])
+        with tarfile.open(archive) as archive_file:
+            for name, member in members.items():
+                target = out / "source" / f"{name}_image{''.join(Path(member).suffixes)}"
+                if not target.exists():
+                    handle = archive_file.extractfile(f"{package}-{version}/{member}")
+                    if handle is None:
+                        raise ValueError(f"{archive}: no member {member}")
+                    with atomic_path(target, suffix="".join(target.suffixes)) as temporary:
+                        temporary.write_bytes(handle.read())
+                sources[name] = (member, target)
+            licence = archive_file.extractfile(f"{package}-{version}/{licence_member}")
+            licences[package] = (archive, licence.read().decode() if licence is not None else "(not found)")
     (out / "images").mkdir(exist_ok=True)
     facts = []
-    for name, path in sources.items():
+    for name, (member, path) in sources.items():
         image = sitk.ReadImage(str(path))
         derived = derive(image, SPACING_MM)
         target = out / "images" / f"{name}_ct_3mm.nrrd"
         with atomic_path(target, suffix=".nrrd") as temporary:
             sitk.WriteImage(derived, str(temporary), useCompression=True)
         facts.append(
-            f"| {name} | `{MEMBERS[name]}` | {sha256(path)} | {image.GetSize()} at "
+            f"| {name} | `{member}` | {sha256(path)} | {image.GetSize()} at "
             f"{tuple(round(s, 4) for s in image.GetSpacing())} mm | `images/{target.name}` "
             f"{derived.GetSize()} at 3 mm | {sha256(target)} |"
         )
         print(f"real_ct: {name}: {image.GetSize()} -> {target} {derived.GetSize()}", flush=True)
-    lines = ["case_id,image,landmarks,split,modality"]
-    lines += [f"{case},images/{scan}_ct_3mm.nrrd,,{split},ct" for case, scan, split in SPLITS]
-    atomic_write_text(out / "manifest.csv", "\n".join(lines) + "\n")
-    atomic_write_text(out / "PROVENANCE.md", _provenance(archive, facts, licence_text))
-    print(f"real_ct: wrote {out / 'manifest.csv'} and {out / 'PROVENANCE.md'}")
+    for manifest, rows in MANIFESTS.items():
+        lines = ["case_id,image,landmarks,split,modality"]
+        lines += [f"{case},images/{scan}_ct_3mm.nrrd,,{split},ct" for case, scan, split in rows]
+        atomic_write_text(out / manifest, "\n".join(lines) + "\n")
+    atomic_write_text(out / "PROVENANCE.md", _provenance(licences, facts))
+    print(f"real_ct: wrote {', '.join(str(out / m) for m in MANIFESTS)} and {out / 'PROVENANCE.md'}")
     written = multimodal_manifest(out, templates or ROOT / "data" / "real")
     if written is not None:
         print(f"real_ct: wrote {written} (T1w vs T2w, from {templates or ROOT / 'data' / 'real'})")
 
 
-def _provenance(archive: Path, facts: list[str], licence: str) -> str:
-    return f"""# Real chest CTs from pyradiomics {VERSION} (made by `bench/real_ct.py prepare`)
+def _provenance(licences: dict[str, tuple[Path, str]], facts: list[str]) -> str:
+    archives = "\n".join(
+        f"- `{archive.name}` (sha256 `{sha256(archive)}`): `pip download --no-deps --no-binary :all: "
+        f"--no-build-isolation {package}=={PACKAGES[package][0]}`"
+        for package, (archive, _) in licences.items()
+    )
+    texts = "\n\n".join(
+        f"### {package} ({archive.name})\n\n```\n{text.strip()}\n```"
+        for package, (archive, text) in licences.items()
+    )
+    return f"""# Real CTs of four patients (made by `bench/real_ct.py prepare`)
 
-Source: PyPI's source distribution `{ARCHIVE}` (sha256 `{sha256(archive)}`), fetched with
-`pip download --no-deps --no-binary :all: --no-build-isolation pyradiomics=={VERSION}`
-(upstream https://github.com/AIM-Harvard/pyradiomics). pyradiomics ships these volumes as test
-cases `lung1` and `lung2` (two different patients' chest CTs). The archive's `data/README.md`
-says only that the folder "contains the test cases and baseline used to ensure consistent
-results"; it does not document the images' origin, and no patient identifiers are in their
-headers. Licence: pyradiomics, its `data/` folder included, is BSD-3-Clause (text below).
+Sources, PyPI's source distributions:
+{archives}
+
+- pyradiomics (upstream https://github.com/AIM-Harvard/pyradiomics) ships `lung1` and `lung2` as
+  test cases (two different patients' chest CTs). Its `data/README.md` says only that the folder
+  "contains the test cases and baseline used to ensure consistent results". Licence: BSD-3-Clause.
+- TotalSegmentator (upstream https://github.com/wasserth/TotalSegmentator) ships `ts_abdomen`
+  (`tests/reference_files/example_ct.nii.gz`, an abdomen-pelvis CT) and `ts_chest`
+  (`tests/reference_files/aorta_report/example_ct.nii.gz`, a contrast-enhanced chest CT) as test
+  reference files. The archive does not document their origin beyond that. Licence of the
+  package: Apache-2.0.
+
+No patient identifiers are in the images' headers.
 
 | case | archive member | member sha256 | original size / spacing | derived file | derived sha256 |
 |---|---|---|---|---|---|
 {chr(10).join(facts)}
 
 Derived: anti-aliased linear resampling to 3 mm isotropic, int16 HU, cropped to the body + 10 mm.
-Splits (`manifest.csv`): lung1 train, lung1 again as `lung1_val` (validation on other moved
-copies), lung2 test (held out: another patient). Nothing here is committed (`data/` is ignored).
+Splits: `manifest.csv`: lung1 and ts_abdomen train, lung1 again as `lung1_val` (validation on other
+moved copies), lung2 and ts_chest test (held out: two other patients); `manifest_one_patient.csv`:
+lung1 train / val, lung2 test. Nothing here is committed (`data/` is ignored).
 
-## Licence (LICENSE.txt of the archive)
+## Licences
 
-```
-{licence.strip()}
-```
+{texts}
 """
 
 
@@ -178,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("prepare", help="download (or copy) the archive and build OUT")
     command.add_argument("--out", type=Path, default=ROOT / "data" / "real_ct")
-    command.add_argument("--archive", type=Path, default=None, help=f"{ARCHIVE} already downloaded")
+    command.add_argument(
+        "--archive",
+        type=Path,
+        nargs="*",
+        default=[],
+        help=f"source archives already downloaded ({', '.join(archive_name(p) for p in PACKAGES)})",
+    )
     command.add_argument(
         "--templates", type=Path, default=None, help="bench/real_anatomy.py's OUT (data/real)"
     )

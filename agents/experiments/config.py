@@ -230,6 +230,12 @@ class RigidEnvConfig:
     """spacing of the control points the TRE is measured on (mm)"""
     observation: str = "intensity"
     """observed channels: intensity (fixed, moving), gradient (their edge maps, contrast-robust) or both"""
+    frame_motion: tuple[float, float] = (0.0, 0.0)
+    """self pairs: the fixed volume of each variant is the case moved by up to +-mm, +-degrees per axis"""
+    frame_scale: float = 0.0
+    """self pairs: ... and scaled by up to +-this per axis (0.1 = 10 %)"""
+    frame_elastic_mm: float = 0.0
+    """self pairs: ... and warped by a smooth elastic field of this std-dev (mm)"""
     preset: str | None = None
     """intensity preset (null: by modality)"""
     tre_threshold_mm: float = 1.0
@@ -260,6 +266,17 @@ class RigidEnvConfig:
             )
         if self.variants_per_case < 1 or self.max_episode_steps < 1 or self.n_envs < 1:
             raise ConfigError("config env.variants_per_case, max_episode_steps and n_envs: expected >= 1")
+        frame = (*self.frame_motion, self.frame_scale, self.frame_elastic_mm)
+        if len(self.frame_motion) != 2 or min(frame) < 0 or self.frame_scale >= 0.5:
+            raise ConfigError(
+                "config env.frame_motion / frame_scale / frame_elastic_mm: expected [mm, degrees] >= 0, "
+                f"a scale in [0, 0.5) and an elastic std-dev >= 0 mm, got {list(self.frame_motion)}, "
+                f"{self.frame_scale}, {self.frame_elastic_mm}"
+            )
+        if any(frame) and self.pairing != "self":
+            raise ConfigError(
+                "config env.frame_motion / frame_scale / frame_elastic_mm: only with pairing: self"
+            )
 
     def world_kwargs(self) -> dict[str, Any]:
         """The :class:`envs.tasks.RigidWorld` keyword arguments (every field but the SB3 episode ones)."""
@@ -278,6 +295,9 @@ class RigidEnvConfig:
             "variant_motion": self.variant_motion,
             "control_spacing_mm": self.control_spacing_mm,
             "observation": self.observation,
+            "frame_motion": self.frame_motion,
+            "frame_scale": self.frame_scale,
+            "frame_elastic_mm": self.frame_elastic_mm,
         }
 
 

@@ -190,7 +190,8 @@ def make_alignment_world(
     """The world of a split: training worlds get the configured variants, others a held-out set.
 
     Held-out rigid worlds keep two variants per case when the config trains on several
-    (variant 1 carries the contrast, noise and field-of-view changes, variant 0 none).
+    (variant 1 carries the contrast, noise and field-of-view changes, variant 0 none), and
+    no random frame: their fixed volume is the scan as it is, as at test time.
     ``overrides`` replace world keyword arguments of the config.
     """
     env = experiment.env
@@ -198,6 +199,7 @@ def make_alignment_world(
         kwargs = env.world_kwargs()
         if not training:
             kwargs["variants_per_case"] = min(2, kwargs["variants_per_case"])
+            kwargs.update(frame_motion=(0.0, 0.0), frame_scale=0.0, frame_elastic_mm=0.0)
         kwargs.update(overrides)
         return RigidWorld(dataset, split, seed=experiment.seed, **kwargs)
     if bundle is None:

@@ -29,7 +29,15 @@ from envs.core import (
     stable_hash,
 )
 from envs.core.pyramid import edge_pyramid
-from envs.data import CONTRASTS, Dataset, Subject, is_multimodal, varied_pyramid
+from envs.data import (
+    CONTRASTS,
+    AugmentConfig,
+    Dataset,
+    Subject,
+    is_multimodal,
+    random_transform,
+    varied_pyramid,
+)
 from envs.phantom import phantom_dataset
 from envs.tasks.alignment import UNIT, AlignmentEnv, AlignmentPair, AlignmentWorld
 from envs.tasks.base import resolve_dataset
@@ -68,6 +76,11 @@ class RigidWorld(AlignmentWorld):
         variants_per_case: moved copies per case (variant 0 is unmoved; the rest carry a
             random rigid ground truth within ``variant_motion``, new noise and contrast).
         variant_motion: ``(mm, deg)`` range of the variants' ground-truth motion.
+        frame_motion, frame_scale, frame_elastic_mm: self pairs: variants > 0 also resample the
+            FIXED volume (and so its copy) through a random frame: rigid motion up to ``(mm, deg)``,
+            scale up to ``+-frame_scale`` and an elastic field of this std-dev per axis. A policy
+            then has to compare the two volumes rather than read the answer off the moving one
+            (which it does with one training scan in one frame, and then fails on other patients).
         control_spacing_mm: lattice of the control points over the body (self pairs).
         seed: base seed of the variants.
         observation: ``"intensity"`` (fixed, moving), ``"gradient"`` (their contrast-robust edge
@@ -98,6 +111,9 @@ class RigidWorld(AlignmentWorld):
         seed: int = 0,
         case_ids: Sequence[str] | None = None,
         observation: str = "intensity",
+        frame_motion: tuple[float, float] = (0.0, 0.0),
+        frame_scale: float = 0.0,
+        frame_elastic_mm: float = 0.0,
     ) -> None:
         if contrast not in CONTRASTS:
             raise ValueError(f"contrast: expected one of {CONTRASTS}, got {contrast!r}")
@@ -111,6 +127,13 @@ class RigidWorld(AlignmentWorld):
             )
         if not control_spacing_mm > 0:
             raise ValueError(f"control_spacing_mm: expected > 0, got {control_spacing_mm}")
+        frame = (*(float(v) for v in frame_motion), float(frame_scale), float(frame_elastic_mm))
+        if len(frame) != 4 or min(frame) < 0 or frame[2] >= 0.5 or (any(frame) and pairing != "self"):
+            raise ValueError(
+                "frame_motion / frame_scale / frame_elastic_mm (pairing='self' only): expected (mm, deg) "
+                f">= 0, a scale in [0, 0.5), an elastic std-dev >= 0 mm, got {list(frame_motion)}, "
+                f"{frame_scale}, {frame_elastic_mm} with pairing={pairing!r}"
+            )
         translation = [float(v) for v in translation_steps_mm]
         rotation = [float(v) for v in rotation_steps_deg]
         if len(translation) != len(levels_mm) or len(rotation) != len(levels_mm):
@@ -128,6 +151,7 @@ class RigidWorld(AlignmentWorld):
         self.pairing = pairing
         self.variant_motion = (float(variant_motion[0]), float(variant_motion[1]))
         self.control_spacing_mm = float(control_spacing_mm)
+        self.frame = frame
         if pairing == "landmarks" and len(self.cases) < 2:
             raise ValueError(
                 f"pairing='landmarks': split {split!r} needs >= 2 cases with shared landmarks, "
@@ -142,6 +166,7 @@ class RigidWorld(AlignmentWorld):
             self.pairing,
             self.variant_motion,
             self.control_spacing_mm,
+            *((self.frame,) if any(self.frame) else ()),  # keys of frameless worlds stay as they were
         )
 
     # ------------------------------------------------------------------ building pairs
@@ -158,6 +183,7 @@ class RigidWorld(AlignmentWorld):
         rng = np.random.default_rng(
             np.random.SeedSequence([self.seed, stable_hash(subject.case.case_id), variant])
         )
+        frame = None
         if self.pairing == "landmarks":
             moving_subject = self._partner(subject)
             self.check_resolution(moving_subject.volume, f"case {moving_subject.case.case_id!r}")
@@ -179,11 +205,16 @@ class RigidWorld(AlignmentWorld):
             if variant > 0:
                 mm, deg = self.variant_motion
                 truth = np.concatenate([rng.uniform(-mm, mm, 3), rng.uniform(-deg, deg, 3)])
+            frame = self._frame(subject, variant)
+            if frame is not None:  # a new fixed volume: the case seen through a random frame
+                fixed = build_pyramid(volume, self.levels_mm, preset, transform=frame, progressive=True)
+                center = body_centre_lps(fixed.levels[0])
             truth_transform = euler_transform(truth, center)
-            # moving(T(p)) == fixed(p): the moving volume samples the fixed one through T^-1.
-            moving = build_pyramid(
-                volume, self.levels_mm, preset, transform=truth_transform.GetInverse(), progressive=True
-            )
+            # moving(T(p)) == fixed(p): the moving volume samples the fixed one through T^-1
+            # (and, with a frame F, the case through F(T^-1(p))).
+            inverse = truth_transform.GetInverse()
+            warp = inverse if frame is None else sitk.CompositeTransform([frame, inverse])
+            moving = build_pyramid(volume, self.levels_mm, preset, transform=warp, progressive=True)
             fixed_points = control_points(fixed.levels[0], self.control_spacing_mm)
             moving_points = apply_rigid(truth, center, fixed_points)
             case_id = subject.case.case_id
@@ -195,10 +226,26 @@ class RigidWorld(AlignmentWorld):
         )
         if self.observation_kind == "intensity":
             return pair
+        if frame is not None:
+            return self.with_edges(pair)
         fixed_edges = self.dataset.derived(
             subject.case, ("rigid-fixed-edges", self.levels_mm, preset), lambda s: edge_pyramid(fixed)
         )
         return self.with_edges(pair, fixed_edges)
+
+    def _frame(self, subject: Subject, variant: int) -> sitk.Transform | None:
+        """A self pair's random frame (None: variant 0 or none asked); its own draws, so the
+        variant's truth, noise and crops are the same with or without it."""
+        if variant == 0 or not any(self.frame):
+            return None
+        mm, deg, scale, elastic = self.frame
+        config = AugmentConfig(
+            rotation_deg=deg, scale=scale, translation_mm=mm, elastic_mm=elastic, elastic_grid_mm=40.0
+        )
+        draw = np.random.default_rng(
+            np.random.SeedSequence([self.seed, stable_hash(subject.case.case_id), variant, 0xF4A3E])
+        )
+        return random_transform(subject.volume, config, draw)
 
     def _partner(self, subject: Subject) -> Subject:
         ids = [case.case_id for case in self.cases]
