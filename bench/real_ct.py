@@ -13,12 +13,12 @@ A registry step, run once by the user (never at train or evaluate time):
 3. writes 3 mm isotropic copies (anti-aliased, int16 HU, cropped to the body plus 10 mm, as
    ``tests/data/real_ct/make_real_ct.py`` does) to ``OUT/images/``, and the manifests:
 
-   - ``manifest.csv`` (cross-patient): lung1 and ts_abdomen for training, lung1 again as
-     ``lung1_val`` for validation (self-supervised pairs are moved copies, so validation sees
-     other moves of a training scan), lung2 and ts_chest held out for testing (two patients
-     never seen in training, one with IV contrast);
-   - ``manifest_one_patient.csv``: lung1 alone for training, lung2 held out (the setting of
-     the first real-CT figures);
+   - ``manifest.csv``: lung1 for training, lung1 again as ``lung1_val`` for validation
+     (self-supervised pairs are moved copies, so validation sees other moves of the training
+     scan), lung2 and ts_chest held out for testing (two patients never seen in training, one
+     with IV contrast);
+   - ``manifest_two_patients.csv``: the same with ts_abdomen as a second training scan (another
+     body region);
 4. writes ``OUT/PROVENANCE.md`` (archives, members, sha256, licences);
 5. when ``--templates`` (default ``data/real``, made by ``bench/real_anatomy.py prepare``) holds
    the MNI 2009c symmetric T1w and T2w templates (co-registered) and the CerebrA centroids,
@@ -71,15 +71,16 @@ PACKAGES = {
 MANIFESTS = {
     "manifest.csv": (
         ("lung1", "lung1", "train"),
-        ("ts_abdomen", "ts_abdomen", "train"),
         ("lung1_val", "lung1", "val"),
         ("lung2", "lung2", "test"),
         ("ts_chest", "ts_chest", "test"),
     ),
-    "manifest_one_patient.csv": (
+    "manifest_two_patients.csv": (
         ("lung1", "lung1", "train"),
+        ("ts_abdomen", "ts_abdomen", "train"),
         ("lung1_val", "lung1", "val"),
         ("lung2", "lung2", "test"),
+        ("ts_chest", "ts_chest", "test"),
     ),
 }
 SPACING_MM = 3.0
@@ -222,9 +223,9 @@ No patient identifiers are in the images' headers.
 {chr(10).join(facts)}
 
 Derived: anti-aliased linear resampling to 3 mm isotropic, int16 HU, cropped to the body + 10 mm.
-Splits: `manifest.csv`: lung1 and ts_abdomen train, lung1 again as `lung1_val` (validation on other
-moved copies), lung2 and ts_chest test (held out: two other patients); `manifest_one_patient.csv`:
-lung1 train / val, lung2 test. Nothing here is committed (`data/` is ignored).
+Splits: `manifest.csv`: lung1 train, lung1 again as `lung1_val` (validation on other moved
+copies), lung2 and ts_chest test (held out: two other patients); `manifest_two_patients.csv`: the
+same plus ts_abdomen as a second training scan. Nothing here is committed (`data/` is ignored).
 
 ## Licences
 

@@ -390,10 +390,11 @@ def test_sdm_registration_writes_a_displacement_field(tmp_path: Path, shape_data
     assert io.read_volume(written["warped_labels"]).voxels.dtype == labels.voxels.dtype
 
 
-def test_refinement_polishes_a_nearby_answer(dataset: Dataset) -> None:
+@pytest.mark.parametrize("levels", [1, 2])
+def test_refinement_polishes_a_nearby_answer(dataset: Dataset, levels: int) -> None:
     world = RigidWorld(dataset, "test", **RIGID)
     pair = world.pair(0)
-    config = AlignConfig(max_steps_per_level=1, refine="sitk")
+    config = AlignConfig(max_steps_per_level=1, refine="sitk", refine_levels=levels)
     rough = align(
         world, pair, AlignmentOracle(world), pair.truth + np.array([2.0, -1.5, 1.0, 1.5, -1.0, 1.0]), config
     )
@@ -402,6 +403,8 @@ def test_refinement_polishes_a_nearby_answer(dataset: Dataset) -> None:
     assert refined.error_mm < 0.5 * rough.error_mm
     assert refined.trajectory_levels[-1] == world.n_levels
     assert refined.seconds > rough.seconds
+    with pytest.raises(ValueError, match="refine_levels"):
+        AlignConfig(refine="sitk", refine_levels=3)
 
 
 def test_landmark_pairs_take_their_truth_from_shared_landmarks(dataset: Dataset) -> None:

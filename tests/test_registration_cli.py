@@ -89,6 +89,9 @@ def test_shipped_configs_load_as_their_tasks() -> None:
     own = load_experiment("configs/rigid_own_data.yaml")
     assert isinstance(own, RigidExperiment)
     assert own.search.refine == "sitk"
+    # Random frames are on by default: without them one training scan does not transfer.
+    assert own.env.frame_motion[1] > 0
+    assert own.env.frame_scale > 0
 
 
 def test_rigid_greedy_run_is_self_describing(rigid_run: Path) -> None:

@@ -33,11 +33,15 @@ class AlignConfig:
         trust_steps: at a finer level no parameter may move more than this many steps of the
             coarser level away from where that level left it (the range finer levels were
             trained on); moves beyond are masked. 0 disables the limit.
-        refine: ``"none"`` or ``"sitk"`` (rigid only): after the agent, a short single-level
-            SimpleITK optimisation (versor rigid, Mattes MI) on the finest level's images,
-            started from the agent's transform: the agent supplies the capture range, the
-            optimiser the last fraction of a millimetre. Evaluations report both.
-        refine_iterations, refine_samples: the refinement's iterations and metric samples.
+        refine: ``"none"`` or ``"sitk"`` (rigid only): after the agent, a short SimpleITK
+            optimisation (versor rigid, Mattes MI) on the finest level's images, started from the
+            agent's transform: the agent supplies the capture range, the optimiser the last
+            fraction of a millimetre. Evaluations report both.
+        refine_levels: 2 (default): the refinement first runs at twice the finest spacing,
+            smoothed by 4/3 of it, then at the finest spacing; its basin is wider (held-out real
+            CTs, agent+sitk at +-15/30/45/60: 70/80/50/60 % -> 100/90/100/90 % for one agent,
+            100/90/60/60 -> 100/100/70/80 % for another); 1: the finest spacing only.
+        refine_iterations, refine_samples: the refinement's iterations and metric samples (per level).
         guard: check the final rigid answer (after the refinement) for plausibility
             (:func:`agents.search.guard.guard_alignment`): bounds from the start, and mutual
             information no worse than at the start or SimpleITK's moments initialisation and
@@ -52,6 +56,7 @@ class AlignConfig:
     max_steps_per_level: int = 80
     trust_steps: float = 2.0
     refine: str = "none"
+    refine_levels: int = 2
     refine_iterations: int = 40
     refine_samples: int = 10_000
     guard: bool = True
@@ -68,6 +73,8 @@ class AlignConfig:
             raise ValueError(f"align.trust_steps: expected >= 0 (0: no limit), got {self.trust_steps}")
         if self.refine not in ("none", "sitk"):
             raise ValueError(f"align.refine: expected 'none' or 'sitk', got {self.refine!r}")
+        if self.refine_levels not in (1, 2):
+            raise ValueError(f"search.refine_levels: expected 1 or 2, got {self.refine_levels!r}")
         if self.refine_iterations < 1 or self.refine_samples < 100:
             raise ValueError("align.refine_iterations and align.refine_samples: expected >= 1 and >= 100")
         if self.fallback not in ("sitk", "none"):
@@ -193,13 +200,15 @@ def refine_alignment(
     began = time.perf_counter()
     finest = world.n_levels - 1
     initial = world.transform(pair, np.rint(result.params * UNIT).astype(np.int64))
+    spacing = world.levels_mm[finest]
+    two = config.refine_levels == 2
     settings = RigidBaselineConfig(
-        shrink_factors=(1,),
-        smoothing_sigmas_mm=(0.0,),
+        shrink_factors=(2, 1) if two else (1,),
+        smoothing_sigmas_mm=(4.0 * spacing / 3.0, 0.0) if two else (0.0,),
         iterations=config.refine_iterations,
         metric_samples=config.refine_samples,
         initializer="none",
-        max_step_mm=1.0,
+        max_step_mm=2.0 if two else 1.0,
         intensity_window=None,
     )
     try:
