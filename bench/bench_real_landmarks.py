@@ -2,6 +2,7 @@
 
     python bench/bench_real_landmarks.py [--data data/real] [--sets afids cerebra] [--minutes M]
         [--set KEY=VALUE ...] [--skip-train SET=RUN ...] [--out bench/results/real_landmarks.json]
+    python bench/bench_real_landmarks.py --compare BEFORE.json AFTER.json
 
 Needs ``python bench/real_anatomy.py prepare --out data/real`` first (nothing is downloaded
 here). For each data set: ``train.py configs/landmark_own_data.yaml`` with its defaults (only
@@ -11,7 +12,8 @@ trials, ``--set`` passes more overrides), then ``evaluate.py RUN --baseline atla
 absent ones reported absent?). Prints and saves, per data set and test condition (pose,
 spacing, oblique header or grid, cropped field of view, bias and noise, contrast), the agent's
 and the atlas's mean / median / p95 / max error (mm), share of errors > 10 mm (a landmark not
-found counts as one) and ms per landmark, and the training minutes.
+found counts as one) and ms per landmark, and the training minutes. ``--compare`` prints the
+agent's figures of two saved results side by side, per data set and condition (nothing is run).
 """
 
 from __future__ import annotations
@@ -185,6 +187,30 @@ def print_table(name: str, result: dict[str, Any]) -> None:
         )
 
 
+COMPARED = ("mean_mm", "median_mm", "p95_mm", "percent_over_10mm", "absent_reported_found")
+
+
+def compare(before_path: Path, after_path: Path, method: str = "agent") -> list[str]:
+    """Markdown rows: ``method``'s figures per data set and condition, BEFORE -> AFTER."""
+    before, after = (
+        json.loads(path.read_text(encoding="utf-8"))["sets"] for path in (before_path, after_path)
+    )
+    lines = [
+        f"{method}: {before_path.name} -> {after_path.name}",
+        "| set | condition | n | " + " | ".join(COMPARED) + " |",
+        "|---|---|---|" + "---|" * len(COMPARED),
+    ]
+    for name in sorted(set(before) & set(after)):
+        old_table, new_table = before[name]["conditions"], after[name]["conditions"]
+        for condition in [c for c in old_table if c in new_table]:
+            old, new = old_table[condition].get(method), new_table[condition].get(method)
+            if old is None or new is None:
+                continue
+            cells = [f"{old[key]:.2f} -> {new[key]:.2f}" for key in COMPARED]
+            lines.append(f"| {name} | {condition} | {new['n']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "real")
@@ -199,7 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         "--no-atlas", action="store_true", help="agent and oracle only (the atlas takes ~90 s a scan)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "real_landmarks.json")
+    parser.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="print two results side by side"
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        missing = [str(path) for path in args.compare if not path.is_file()]
+        if missing:
+            parser.error(f"--compare: {', '.join(missing)} not found; pass two JSON files this script saved")
+        print("\n".join(compare(*args.compare)))
+        return 0
     for item in args.skip_train:
         if "=" not in item or item.split("=", 1)[0] not in args.sets:
             parser.error(f"--skip-train {item}: expected SET=RUN with SET one of {args.sets}")

@@ -6,12 +6,13 @@ import csv
 import importlib
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from scripts_support import LANDMARK_CONFIG, config_args, evaluate_main, tiny_landmark, train_main
 
 from agents.experiments import open_run, predict
-from agents.experiments.predict import PREDICTION_COLUMNS, prediction_inputs
+from agents.experiments.predict import PREDICTION_COLUMNS, prediction_inputs, training_modality
 
 ray = pytest.importorskip("ray")
 
@@ -122,3 +123,26 @@ def test_a_batch_that_fails_midway_leaves_nothing_half_written(
     monkeypatch.setattr(predict_module, "ray_installed", lambda: False)
     with pytest.raises(ValueError, match="--ray-address needs Ray"):
         predict(open_run(run), scans, tmp_path / "other", ray_address="auto", progress=False)
+
+
+def test_predicted_scans_are_normalised_with_the_training_modality(tmp_path: Path) -> None:
+    """--predict's scans get the training cases' modality (an MR run must not read them under the CT
+    window when env.preset is null); mixed or unknown modalities are a clear error."""
+
+    def run_with(rows: list[str], preset: str | None = None, manifest: Path | None = None) -> SimpleNamespace:
+        path = manifest or tmp_path / "manifest.csv"
+        for name in ("a.nii.gz", "b.nii.gz"):  # the manifest reader checks that the images exist
+            (tmp_path / name).write_bytes(b"")
+        if rows:
+            path.write_text("case_id,image,landmarks,split,modality\n" + "\n".join(rows) + "\n")
+        experiment = SimpleNamespace(
+            data=SimpleNamespace(manifest=str(path)), env=SimpleNamespace(preset=preset)
+        )
+        return SimpleNamespace(experiment=experiment, path=tmp_path / "run")
+
+    assert training_modality(run_with(["a,a.nii.gz,,train,mr", "b,b.nii.gz,,test,ct"])) == "mr"
+    assert training_modality(run_with(["a,a.nii.gz,,train,mr"], preset="ct")) == "ct"
+    with pytest.raises(ValueError, match="modalities"):
+        training_modality(run_with(["a,a.nii.gz,,train,mr", "b,b.nii.gz,,train,ct"]))
+    with pytest.raises(ValueError, match="is gone"):
+        training_modality(run_with([], manifest=tmp_path / "missing.csv"))

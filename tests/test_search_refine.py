@@ -287,3 +287,28 @@ def test_absent_landmarks_are_scored_not_dropped(cropped_world: LandmarkWorld) -
         [np.nan, 1.0, np.nan], [False, True, False], [0.01] * 3, present=[True, True, False]
     )
     assert (lost["n"], lost["not_found"], lost["misses"], lost["absent_correct"]) == (2, 1, 1, 1)
+
+
+def test_a_landmark_most_starts_leave_is_reported_absent(cropped_world: LandmarkWorld) -> None:
+    variant = cropped_world.variant(0)
+
+    def first_start_stays(observations, variant, state, active):
+        """Start 0 of each landmark steps in place; starts 1 and 2 walk out through the bottom (-z)."""
+        q = _stay_policy(observations, variant, state, active)
+        leaving = active % 3 != 0
+        q[leaving] = 0.0
+        q[leaving, 1] = 1.0
+        return q
+
+    starts = np.repeat(variant.pyramid.lps_of_index(0, variant.body_centre_zyx)[np.newaxis], 3, axis=0)
+    names = ["L2_body"]
+    majority = detect_landmarks(cropped_world, variant, first_start_stays, names, SearchConfig(), starts)
+    assert not majority["L2_body"].found  # 2 of 3 starts pushed against the border
+    np.testing.assert_allclose(majority["L2_body"].position_lps_mm, starts[0], atol=2 * FINEST_MM)
+    every = SearchConfig(absent_share=1.0)  # absent only when every start left (the rule before)
+    assert detect_landmarks(cropped_world, variant, first_start_stays, names, every, starts)["L2_body"].found
+    assert detect_landmarks(cropped_world, variant, _stay_policy, names, SearchConfig(), starts)[
+        "L2_body"
+    ].found
+    with pytest.raises(ValueError, match=r"search\.absent_share: expected a share in \(0, 1\], got 0"):
+        SearchConfig(absent_share=0.0)

@@ -37,7 +37,7 @@ from envs.data import Case, Dataset
 from envs.data.manifest import read_manifest
 from envs.io.atomic import check_output_folder, make_folders
 
-__all__ = ["PREDICTION_COLUMNS", "predict", "prediction_inputs"]
+__all__ = ["PREDICTION_COLUMNS", "predict", "prediction_inputs", "training_modality"]
 
 ACTIONS = gym.spaces.Discrete(6)  # one step along +-x, +-y, +-z
 PREDICTION_COLUMNS = ("scan", "landmark", "x_lps", "y_lps", "z_lps", "found", "confidence", "seconds")
@@ -186,13 +186,35 @@ def ray_installed() -> bool:
 
 def _world(run: Run, volumes: list[Path], indices: range | list[int], names: list[str]) -> Any:
     """A test world over ``volumes`` (case ids carry the scans' positions in the whole input list)."""
+    modality = training_modality(run)
     cases = [
-        Case(f"predict_{i:03d}_{volume_stem(path)}", "test", image=path)
+        Case(f"predict_{i:03d}_{volume_stem(path)}", "test", image=path, modality=modality)
         for i, path in zip(indices, volumes, strict=True)
     ]
     return make_world(
         run.experiment, Dataset(cases, source="--predict volumes"), "test", augment=False, landmarks=names
     )
+
+
+def training_modality(run: Run) -> str:
+    """The modality of the run's training cases: what picks the intensity preset when the run's
+    ``env.preset`` is null (an MR scan under the CT window is a grey blank to the agent)."""
+    manifest = run.experiment.data.manifest
+    if run.experiment.env.preset is not None or manifest is None:
+        return "ct"  # a named preset ignores the modality; phantoms are CT
+    if not Path(manifest).is_file():
+        raise ValueError(
+            f"run {run.path}: env.preset is null (picked by modality) and its training manifest "
+            f"{manifest} is gone, so the scans' modality is unknown; set env.preset (mr or ct) in "
+            f"{run.path / 'config.yaml'}"
+        )
+    modalities = sorted({case.modality for case in read_manifest(manifest) if case.split == "train"})
+    if len(modalities) != 1:
+        raise ValueError(
+            f"run {run.path}: trained on modalities {modalities} with env.preset null; set env.preset "
+            f"(mr or ct) in {run.path / 'config.yaml'} to say how --predict scans are normalised"
+        )
+    return modalities[0]
 
 
 def _search(run: Run, world: Any, policy: Any, index: int, variant: Any) -> tuple[int, dict[str, Any], float]:

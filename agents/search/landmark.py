@@ -6,7 +6,8 @@ of its last ``oscillation_window`` positions (oscillation) or after ``max_steps_
 steps; then the agent continues one level finer from the same point. The finest level's end is
 the answer, optionally refined below the grid from the Q-values there (``final_point:
 "q_subvoxel"``, :func:`subvoxel_offset`). An agent that keeps pushing against the volume border
-(``max_blocked`` times at one level) is reported as "not in the field of view". The starts of
+(``max_blocked`` times at one level) has left the volume; a landmark that at least
+``absent_share`` of its starts left is reported as "not in the field of view". The starts of
 one landmark agree on a consensus (per-axis median after dropping outlier starts), and their
 agreement is the landmark's confidence. Answers are LPS millimetres; per-level positions are
 voxel indices ``(z, y, x)``.
@@ -53,6 +54,8 @@ class SearchConfig:
         max_steps_per_level: cap per level (a safety net; oscillation normally ends first).
         max_blocked: moves against the border at one level before the agent is reported
             as having left the field of view.
+        absent_share: a landmark is reported not in the field of view when at least this share
+            of its starts left the volume (0.5: half or more; 1.0: only when every start left).
         min_confidence: below this confidence a landmark is reported as not found.
         final_point: where the finest level's oscillation cycle ends: ``"min_q"`` (the cycle
             position with the lowest max Q, where the agent expects no further gain),
@@ -75,6 +78,7 @@ class SearchConfig:
     oscillation_window: int = 4
     max_steps_per_level: int = 120
     max_blocked: int = 3
+    absent_share: float = 0.5
     min_confidence: float = 0.0
     final_point: str = "min_q"
     consensus_radius_vox: float = 2.0
@@ -94,6 +98,8 @@ class SearchConfig:
                 f"search.consensus_radius_vox: expected >= 0 finest voxels (0 keeps every start), "
                 f"got {self.consensus_radius_vox}"
             )
+        if not 0 < self.absent_share <= 1:
+            raise ValueError(f"search.absent_share: expected a share in (0, 1], got {self.absent_share}")
         if self.max_steps_per_level < 1 or self.max_blocked < 1:
             raise ValueError("search.max_steps_per_level and search.max_blocked must be >= 1")
 
@@ -368,7 +374,8 @@ def _summarise(
             distance_vox = np.linalg.norm(ends[stayed] - position, axis=1) / finest_mm
             agreement = float(np.sum(np.exp(-0.5 * (distance_vox / AGREEMENT_VOX) ** 2))) / n_starts
             confidence = q_confidence * agreement
-            found = confidence >= config.min_confidence
+            left_share = 1.0 - float(np.mean(stayed))
+            found = confidence >= config.min_confidence and left_share < config.absent_share
         else:
             position, confidence, found = np.full(3, np.nan), 0.0, False
         end_q = state.last_q[agents].copy()

@@ -7,7 +7,8 @@ re-renders exactly what the env returned. The bank is a deterministic function o
 ``(config, seed, patch edge)``.
 
 An appearance is a uint8 -> uint8 map: an optional non-monotonic CT-to-MR-like remap
-(:func:`~envs.data.augment.multimodal_lut`, with probability ``config.contrast``), a gamma curve,
+(:func:`~envs.data.augment.multimodal_lut`, with probability ``config.contrast``) or random
+smooth remap (:func:`random_remap`, with probability ``config.remap``), a gamma curve,
 a window shift and stretch, an optional inversion (``config.invert``), and additive noise from
 a small bank of fixed noise cubes. Index 0 is the identity. Level 0 (outside the field of view)
 always stays 0, and tissue never becomes 0.
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.interpolate import PchipInterpolator
 
 from envs.data.augment import AugmentConfig, multimodal_lut
 
-__all__ = ["NOISE_CUBES", "AppearanceBank", "appearance_bank"]
+__all__ = ["NOISE_CUBES", "AppearanceBank", "appearance_bank", "random_remap"]
 
 #: Fixed noise cubes in a bank; appearance ``a`` uses cube ``a % NOISE_CUBES``.
 NOISE_CUBES = 8
@@ -111,11 +113,46 @@ def _draw_map(config: AugmentConfig, rng: np.random.Generator) -> tuple[NDArray[
     base = remapped if rng.random() < config.contrast else values
     low, high = config.appearance_gamma
     gamma = float(np.exp(rng.uniform(np.log(low), np.log(high))))
-    mapped = 255.0 * (base / 255.0) ** gamma
     shift = rng.uniform(-1, 1) * config.window * 255.0
     stretch = float(np.exp(rng.uniform(-1, 1) * np.log1p(config.window)))
-    mapped = (mapped - 127.5) * stretch + 127.5 + shift
-    if rng.random() < config.invert:
-        mapped = 256.0 - mapped
+    inverted = bool(rng.random() < config.invert)
+    mapped = _window(base, gamma, shift, stretch, inverted)
     noise_std = float(rng.uniform(0.0, config.appearance_noise))
+    # Drawn last and only when enabled, so that banks without it stay byte-identical.
+    if config.remap > 0 and rng.random() < config.remap:
+        # Not inverted: the curve is already arbitrary, and inversion would turn air bright.
+        mapped = _window(random_remap(rng, config.remap_knots), gamma, shift, stretch, False)
     return mapped, noise_std
+
+
+def random_remap(rng: np.random.Generator, knots: int = 4) -> NDArray[np.float64]:
+    """A random smooth, usually non-monotonic map ``(256,)`` of uint8 levels (floats in 0..255).
+
+    Domain randomisation for contrasts never seen in training (T1w -> T2w-like orderings, where
+    fluid turns bright and white matter dark): a shape-preserving cubic (PCHIP, no overshoot)
+    through ``(0, 0)``, a dark anchor ``(b, y_b)`` with ``b`` uniform in 2..12 and ``y_b <= b``
+    (air and the dimmest background stay dim, so a patch's air never turns into tissue), and
+    ``knots`` interior knots at random levels above ``b`` with outputs uniform in 24..255, then
+    ``(255, y)`` with ``y`` uniform in 24..255. Level 0 maps to 0.
+
+    Example:
+        >>> curve = random_remap(np.random.default_rng(0), knots=4)
+        >>> curve.shape, float(curve[0]), bool(curve.max() <= 255)
+        ((256,), 0.0, True)
+    """
+    anchor = float(rng.uniform(2.0, 12.0))
+    inner = np.sort(rng.uniform(anchor + 1.0, 254.0, knots))
+    xs = np.concatenate([[0.0, anchor], inner, [255.0]])
+    ys = np.concatenate([[0.0, rng.uniform(0.0, anchor)], rng.uniform(24.0, 255.0, knots + 1)])
+    # Knots drawn at (almost) the same level would make PCHIP's slopes blow up: keep them apart.
+    xs = np.maximum.accumulate(xs + np.arange(len(xs)) * 1e-3)
+    curve = PchipInterpolator(xs, ys)(np.arange(256, dtype=np.float64))
+    curve[0] = 0.0
+    return np.clip(curve, 0.0, 255.0)
+
+
+def _window(base: NDArray[np.float64], gamma: float, shift: float, stretch: float, inverted: bool) -> NDArray:
+    """``base`` ``(256,)`` under a gamma curve, a window shift and stretch, and an optional inversion."""
+    mapped = 255.0 * (base / 255.0) ** gamma
+    mapped = (mapped - 127.5) * stretch + 127.5 + shift
+    return 256.0 - mapped if inverted else mapped

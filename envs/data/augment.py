@@ -54,7 +54,16 @@ __all__ = [
 
 CONTRASTS = ("same", "multimodal", "mixed")
 #: The :class:`AugmentConfig` fields of per-episode appearances (rendering only, no variant).
-APPEARANCE_FIELDS = ("appearances", "appearance_gamma", "window", "contrast", "invert", "appearance_noise")
+APPEARANCE_FIELDS = (
+    "appearances",
+    "appearance_gamma",
+    "window",
+    "contrast",
+    "invert",
+    "appearance_noise",
+    "remap",
+    "remap_knots",
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,10 @@ class AugmentConfig:
         fov_crop: probability that a variant keeps only a random box (field of view); voxels
             outside it are 0 and landmarks outside it are absent from the variant.
         fov_keep: range (low, high) of the fraction of each axis the box keeps.
+        fov_targets: landmarks that a ``fov_crop`` box cuts away stay targets (in the zeroed
+            part of the grid) instead of becoming absent, so the agent learns to walk out of the
+            kept box towards them; on a scan cut there, it pushes against the border and the
+            search reports the landmark as outside the field of view (``search.max_blocked``).
         mask: probability that a variant keeps only its eroded, hole-filled body (like skull
             stripping); landmarks in the removed rim are absent from the variant.
         mask_erosion_mm: range (low, high) of the erosion radius in mm.
@@ -85,6 +98,11 @@ class AugmentConfig:
         contrast: probability that an appearance is a non-monotonic (CT-to-MR-like) remap.
         invert: probability that an appearance inverts the intensities.
         appearance_noise: largest std-dev of an appearance's noise (fraction of 255).
+        remap: probability that an appearance's base map is a random smooth non-monotonic
+            curve through ``remap_knots`` random knots (domain randomisation for unseen
+            contrasts such as T2w; :func:`envs.data.appearance.random_remap`); 0 (the default)
+            leaves every bank byte-identical to one without this field.
+        remap_knots: interior knots of a ``remap`` curve (more knots: wigglier curves).
     """
 
     variants_per_case: int = 4
@@ -98,6 +116,7 @@ class AugmentConfig:
     noise: float = 0.02
     fov_crop: float = 0.0
     fov_keep: tuple[float, float] = (0.5, 0.9)
+    fov_targets: bool = False
     mask: float = 0.0
     mask_erosion_mm: tuple[float, float] = (2.0, 10.0)
     appearances: int = 0
@@ -106,6 +125,8 @@ class AugmentConfig:
     contrast: float = 0.25
     invert: float = 0.1
     appearance_noise: float = 0.03
+    remap: float = 0.0
+    remap_knots: int = 4
 
     def spatial(self) -> AugmentConfig:
         """This config with the per-episode appearance fields at their defaults: what a variant
@@ -132,7 +153,13 @@ class AugmentConfig:
             raise ValueError(
                 f"augment.mask_erosion_mm: expected 0 <= low <= high, got {self.mask_erosion_mm}"
             )
-        for name in ("fov_crop", "mask", "contrast", "invert"):
+        knots = self.remap_knots
+        if isinstance(knots, bool) or not isinstance(knots, (int, np.integer)) or not 1 <= knots <= 16:
+            raise ValueError(
+                f"augment.remap_knots: expected an integer in 1..16 (knots of a random remap), "
+                f"got {self.remap_knots!r}"
+            )
+        for name in ("fov_crop", "mask", "contrast", "invert", "remap"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(
                     f"augment.{name}: expected a probability in [0, 1], got {getattr(self, name)}"
@@ -215,7 +242,8 @@ def augmented_pyramid(
 
     Deterministic in ``seed``. The levels share the original pyramid's physical grid. With
     ``config.fov_crop`` / ``config.mask`` a variant may keep only a box or an eroded body; the
-    landmarks outside what it keeps are left out of the returned dict (absent).
+    landmarks outside what it keeps are left out of the returned dict (absent), except, with
+    ``config.fov_targets``, those that only the box cuts away (they stay, in its zeroed part).
     """
     rng = np.random.default_rng(seed)
     transform = random_transform(volume, config, rng)
@@ -245,6 +273,8 @@ def augmented_pyramid(
             voxels[~kept] = 0.0
         levels.append(level.with_voxels(np.clip(np.rint(voxels), 0, 255).astype(np.uint8)))
     # ``kept`` is the finest level's region now (the loop's last); landmarks outside it are absent.
+    if kept is not None and crop and config.fov_targets:
+        kept = _kept_region(pyramid.levels[-1], None, erosion_mm if mask else None)
     if kept is not None:
         finest = pyramid.levels[-1]
         upper = np.array(finest.shape_zyx) - 1
