@@ -79,7 +79,9 @@ def bench(
     experiment = opened.experiment
     experiment = replace(experiment, search=replace(experiment.search, refine="sitk", guard=True))
     if pairing is not None:
-        experiment = replace(experiment, env=replace(experiment.env, pairing=pairing))
+        # random frames are for training self pairs only; the test worlds are frameless anyway
+        frameless = {"frame_motion": (0.0, 0.0), "frame_scale": 0.0, "frame_elastic_mm": 0.0}
+        experiment = replace(experiment, env=replace(experiment.env, pairing=pairing, **frameless))
     dataset = Dataset.from_manifest(manifest)
     world = make_alignment_world(experiment, dataset, split, training=False)
     policy = load_policy(opened.policy_path(), (world.observation_space(), spaces.Discrete(world.n_actions)))

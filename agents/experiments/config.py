@@ -374,10 +374,12 @@ class SdmConfig:
     """grid spacing of the model's fields (mm)"""
     atlas: AtlasFiles | None = None
     """the atlas (null: the mean phantom)"""
+    samples: int = 0
+    """train on this many subjects sampled from the model, exact truth (0: the data's own cases)"""
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.n_fields < 2 or not self.spacing_mm > 0:
-            raise ConfigError("config sdm: expected k >= 1, n_fields >= 2 and spacing_mm > 0")
+        if self.k < 1 or self.n_fields < 2 or not self.spacing_mm > 0 or self.samples < 0:
+            raise ConfigError("config sdm: expected k >= 1, n_fields >= 2, spacing_mm > 0 and samples >= 0")
 
 
 @dataclass(frozen=True)

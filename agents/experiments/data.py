@@ -27,6 +27,7 @@ from envs.tasks import (
     RigidWorld,
     StatisticalDeformationModel,
     fit_sdm_from_volumes,
+    model_sample_dataset,
     phantom_sdm,
     shape_only_config,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "make_world",
     "prepare_dataset",
     "prepare_sdm",
+    "sdm_samples",
     "validation_split",
 ]
 
@@ -162,13 +164,16 @@ def prepare_sdm(
     elif experiment.data.phantoms is not None:
         model = phantom_sdm(config.n_fields, config.k, config.spacing_mm, seed=experiment.data.phantoms.seed)
     else:
-        from agents.baselines import bspline_baseline
+        from agents.baselines import BSplineBaselineConfig, bspline_baseline
 
         cases = dataset.split("train")[: config.n_fields]
         volumes = [dataset.load(case).volume for case in cases]
+        # fitted once, offline: a thorough registration (on real chest CT, 100 iterations with
+        # 4 mm steps: lung Dice 0.81 where the quick default's 30 x 2 mm stops at 0.77)
+        thorough = BSplineBaselineConfig(iterations=100, max_step_mm=4.0)
 
         def register(fixed: Volume, moving: Volume) -> NDArray:
-            result = bspline_baseline(fixed, moving)
+            result = bspline_baseline(fixed, moving, config=thorough)
             assert result.displacement_lps_mm is not None
             return result.displacement_lps_mm
 
@@ -176,6 +181,25 @@ def prepare_sdm(
     if model.k > 0 and atlas is not None:
         model.check_grid(atlas, "the atlas")
     return SdmBundle(model, atlas, labels, landmarks)
+
+
+def sdm_samples(experiment: SdmExperiment, bundle: SdmBundle, dataset: Dataset) -> Dataset:
+    """``sdm.samples`` training and 4 validation subjects drawn from the model (exact truth).
+
+    They live on a grid at half the finest level's spacing over the atlas's box, in the
+    modality of the data's training cases (CT for phantoms).
+    """
+    train = dataset.split("train")
+    return model_sample_dataset(
+        bundle.sdm,
+        bundle.atlas,
+        experiment.sdm.samples,
+        4,
+        seed=experiment.seed,
+        modality=train[0].modality if train else "ct",
+        spacing_mm=min(experiment.env.levels_mm) / 2,
+        coefficient_range=experiment.env.start_range,
+    )
 
 
 def make_alignment_world(

@@ -31,6 +31,7 @@ from agents.experiments.data import (
     evaluation_dataset,
     make_alignment_world,
     prepare_sdm,
+    sdm_samples,
     validation_split,
 )
 from agents.experiments.monitor import training_callbacks, write_summary
@@ -84,9 +85,16 @@ def train_registration(
     bundle = None
     if isinstance(experiment, SdmExperiment):
         saved = run.path / "sdm.npz" if run is not None else None
-        bundle = prepare_sdm(experiment, dataset, saved)
+
+        def fitted(done: int, total: int) -> None:
+            print(f"train.py: SDM fit: {done}/{total} training volumes registered to the atlas", flush=True)
+
+        bundle = prepare_sdm(experiment, dataset, saved, progress=fitted)
         print(f"train.py: {bundle.sdm!r}")
     # worlds: every training pair is built now, so bad data fails before a run folder exists
+    if bundle is not None and experiment.sdm.samples:
+        dataset = sdm_samples(experiment, bundle, dataset)  # subjects drawn from the model
+        print(f"train.py: training on {experiment.sdm.samples} subjects sampled from the model")
     train_world = make_alignment_world(experiment, dataset, "train", training=True, bundle=bundle)
     val_split = validation_split(dataset)
     if val_split == "train":

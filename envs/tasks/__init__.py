@@ -7,7 +7,8 @@
 * ``rigid``: :class:`RigidWorld`, :class:`RigidRegistrationEnv` (the moving volume's contrast,
   noise and field-of-view variants come from :mod:`envs.data.augment`).
 * ``sdm_model`` / ``sdm``: the statistical deformation model and its fits /
-  :class:`DeformableWorld`, :class:`DeformableRegistrationEnv`.
+  :class:`DeformableWorld`, :class:`DeformableRegistrationEnv`; ``sdm_samples``: training
+  subjects sampled from a model, with exact fields.
 """
 
 from envs.tasks.alignment import (
@@ -63,6 +64,7 @@ from envs.tasks.sdm_model import (
     phantom_structures,
     shape_only_config,
 )
+from envs.tasks.sdm_samples import SAMPLE_ELASTIC_GRID_MM, model_sample_dataset, sample_subject
 
 __all__ = [
     "ACTIONS_ZYX",
@@ -72,6 +74,7 @@ __all__ = [
     "RENDER_MODES",
     "RIGID_ACTION_NAMES",
     "RIGID_PARAM_NAMES",
+    "SAMPLE_ELASTIC_GRID_MM",
     "SCHEDULES",
     "SDM_FORMAT",
     "SDM_VERSION",
@@ -97,11 +100,13 @@ __all__ = [
     "check_schedule",
     "dice_scores",
     "fit_sdm_from_volumes",
+    "model_sample_dataset",
     "pack_pose",
     "phantom_sdm",
     "phantom_structures",
     "reset_level",
     "reset_options",
     "resolve_dataset",
+    "sample_subject",
     "shape_only_config",
 ]

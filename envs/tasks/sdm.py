@@ -98,10 +98,9 @@ class DeformableWorld(AlignmentWorld):
         volume = subject.volume
         case_id = subject.case.case_id
         phantom = subject.extras.get("phantom")
-        if phantom is not None:
-            return self._make_pair(
-                case_id, volume, self.preset_for(subject), truth_field=phantom.displacement_lps_mm
-            )
+        field = phantom.displacement_lps_mm if phantom is not None else subject.extras.get("truth_field")
+        if field is not None:  # a phantom's or a model sample's exact field (envs.tasks.sdm_samples)
+            return self._make_pair(case_id, volume, self.preset_for(subject), truth_field=field)
         names = [n for n in subject.landmarks if n in self.atlas_landmarks]
         if len(names) < 3:
             raise ValueError(
