@@ -92,6 +92,12 @@ def test_shipped_configs_load_as_their_tasks() -> None:
     # Random frames are on by default: without them one training scan does not transfer.
     assert own.env.frame_motion[1] > 0
     assert own.env.frame_scale > 0
+    sdm_own = load_experiment("configs/sdm_own_data.yaml")
+    assert isinstance(sdm_own, SdmExperiment)
+    # the agent learns from subjects drawn from the fitted model; k fits the 3 training scans
+    assert sdm_own.sdm.samples > 0
+    assert sdm_own.sdm.k < sdm_own.sdm.n_fields
+    assert sdm_own.sdm.atlas is not None
 
 
 def test_rigid_greedy_run_is_self_describing(rigid_run: Path) -> None:
