@@ -58,6 +58,12 @@ def test_samples_are_deterministic_and_differ_by_index(model_and_atlas) -> None:
         first.load("sample_000").volume, first.load("sample_000").extras["coefficients"]
     )
     assert 0.3 < np.abs(residual).mean() < 5.0  # the default residual: outside the model, small
+    with_val = model_sample_dataset(model, atlas, 1, 1, seed=1, spacing_mm=4.0)
+    val = with_val.load("sample_001")
+    assert val.case.split == "val"
+    np.testing.assert_allclose(  # validation subjects lie in the model's span: no residual
+        val.extras["truth_field"], model.field_on(val.volume, val.extras["coefficients"]), atol=1e-4
+    )
 
 
 @pytest.mark.parametrize(
