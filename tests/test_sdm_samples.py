@@ -79,3 +79,32 @@ def test_config_refuses_a_negative_sample_count() -> None:
     with pytest.raises(ConfigError, match="samples >= 0"):
         SdmConfig(samples=-1)
     assert SdmConfig(samples=8).samples == 8
+
+
+def test_a_case_with_only_a_label_map_is_scored_by_dice_at_evaluation_not_in_training(
+    model_and_atlas, tmp_path
+) -> None:
+    from agents.experiments.metrics import sdm_dice, summarise_errors
+    from envs import io
+    from envs.data import Dataset
+
+    model, atlas = model_and_atlas
+    phantom = mean_phantom(PhantomConfig(spacing_mm=4.0))
+    io.write_volume(phantom.volume, tmp_path / "case.nii.gz")
+    io.write_volume(phantom.labels, tmp_path / "case_labels.nii.gz")
+    (tmp_path / "manifest.csv").write_text(
+        "case_id,image,landmarks,split,modality,labels\ncase,case.nii.gz,,test,ct,case_labels.nii.gz\n"
+    )
+    dataset = Dataset.from_manifest(tmp_path / "manifest.csv")
+    small = {"levels_mm": (8.0, 4.0), "obs_size": 17}
+    with pytest.raises(ValueError, match="label map alone does for evaluation"):
+        DeformableWorld(dataset, "test", model, atlas, phantom.labels, **small).pair(0)
+    world = DeformableWorld(dataset, "test", model, atlas, phantom.labels, **small, require_truth=False)
+    pair = world.pair(0)
+    assert np.isnan(world.errors_mm(pair, np.zeros((1, model.k), np.int64))[0])
+    # the atlas is this very volume: the model's mean shape is near it; a far shape is not
+    near = sdm_dice(world, phantom.labels, np.zeros(model.k), structures={"label 1": (1,)})
+    far = sdm_dice(world, phantom.labels, np.full(model.k, 2.5), structures={"label 1": (1,)})
+    assert set(near) == {"label 1"}
+    assert near["label 1"] > far["label 1"]
+    assert summarise_errors([float("nan"), 1.0, 3.0])["n"] == 2  # truthless cases leave TRE alone

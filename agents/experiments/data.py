@@ -9,10 +9,11 @@ split, :func:`make_alignment_world` the rigid or SDM world (the SDM one needs th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
 from agents.experiments.config import Experiment, LandmarkExperiment, RigidExperiment, SdmExperiment
@@ -29,6 +30,7 @@ from envs.tasks import (
     fit_sdm_from_volumes,
     model_sample_dataset,
     phantom_sdm,
+    phantom_structures,
     shape_only_config,
 )
 
@@ -139,6 +141,8 @@ class SdmBundle:
     atlas: Volume
     atlas_labels: Volume | None
     atlas_landmarks: dict[str, NDArray]
+    structures: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Dice structures: the phantom's organs, or each label value of a user's atlas"""
 
 
 def prepare_sdm(
@@ -180,7 +184,12 @@ def prepare_sdm(
         model = fit_sdm_from_volumes(atlas, volumes, config.k, register, config.spacing_mm, progress)
     if model.k > 0 and atlas is not None:
         model.check_grid(atlas, "the atlas")
-    return SdmBundle(model, atlas, labels, landmarks)
+    if config.atlas is None:
+        structures = phantom_structures()
+    else:
+        values = np.unique(labels.voxels) if labels is not None else []
+        structures = {f"label {int(v)}": (int(v),) for v in values if v != 0}
+    return SdmBundle(model, atlas, labels, landmarks, structures)
 
 
 def sdm_samples(experiment: SdmExperiment, bundle: SdmBundle, dataset: Dataset) -> Dataset:
@@ -228,7 +237,7 @@ def make_alignment_world(
         return RigidWorld(dataset, split, seed=experiment.seed, **kwargs)
     if bundle is None:
         raise ValueError("make_alignment_world: the sdm task needs its SdmBundle (prepare_sdm)")
-    kwargs = env.world_kwargs()
+    kwargs = {**env.world_kwargs(), "require_truth": training}
     kwargs.update(overrides)
     return DeformableWorld(
         dataset,

@@ -231,6 +231,7 @@ def summarise_errors(errors: Sequence[float], seconds: Sequence[float] = ()) -> 
         (0.5, 2.0, 0.15000000000000002)
     """
     values = np.asarray(errors, dtype=np.float64)
+    values = values[~np.isnan(values)]  # cases without a truth (scored by Dice only) have none
     nan = float("nan")
     return {
         "n": len(values),
@@ -300,12 +301,17 @@ def metrics_from_outcomes(outcomes: Sequence[PairOutcome]) -> dict[str, Any]:
 
 
 def sdm_dice(
-    world: DeformableWorld, fixed_labels: Volume, coefficients: NDArray | None, field: NDArray | None = None
+    world: DeformableWorld,
+    fixed_labels: Volume,
+    coefficients: NDArray | None,
+    field: NDArray | None = None,
+    structures: dict[str, tuple[int, ...]] | None = None,
 ) -> dict[str, float]:
     """Dice per structure of the atlas labels carried onto the fixed grid (every 2nd voxel per axis).
 
     The atlas labels are warped by the SDM's displacement for ``coefficients``, or by ``field``
     (an LPS displacement in mm on the fixed grid, e.g. a B-spline baseline's) when given.
+    ``structures``: name -> label values (default: the phantom's organs).
     """
     if world.atlas_labels is None:
         return {}
@@ -324,4 +330,4 @@ def sdm_dice(
     warped = ndimage.map_coordinates(
         world.atlas_labels.voxels, np.moveaxis(index, -1, 0), order=0, mode="constant", cval=0
     )
-    return dice_scores(sub, warped, phantom_structures())
+    return dice_scores(sub, warped, structures if structures is not None else phantom_structures())

@@ -99,7 +99,9 @@ def train_registration(
     val_split = validation_split(dataset)
     if val_split == "train":
         print("train.py: warning: no val split; validating on the training cases", file=sys.stderr)
-    val_world = make_alignment_world(experiment, dataset, val_split, training=False, bundle=bundle)
+    # validation selects the checkpoint: it needs a truth on every case (no label-only cases)
+    strict = {"require_truth": True} if bundle is not None else {}
+    val_world = make_alignment_world(experiment, dataset, val_split, training=False, bundle=bundle, **strict)
     print(
         f"train.py: preparing {train_world.n_variants} training and {val_world.n_variants} validation pairs",
         flush=True,

@@ -302,18 +302,24 @@ def evaluate_sdm(
     q_policy = QNetworkPolicy(policy)
     outcomes: list[PairOutcome] = []
     zeros = np.zeros(world.n_params)
+    structures = bundle.structures
     for index in tqdm(range(world.n_variants), desc="registrations", unit="case", disable=not progress):
         pair = world.pair(index)
         case = world.cases[int(world.variant_table[index][0])]
         subject = dataset.load(case)
         labels = subject.labels
         methods: list[tuple[str, Callable[..., NDArray]]] = [("agent", q_policy)]
-        if oracle:
+        if oracle and np.isfinite(pair.control_moving_lps_mm).all():  # label-only cases have no truth
             methods.append(("oracle", AlignmentOracle(world)))
         for method, fn in methods:
             outcome, result = agent_outcome(method, world, pair, zeros, fn, experiment, "sdm", 0.0)
             if labels is not None:
-                outcome = PairOutcome(**{**outcome.__dict__, "dice": sdm_dice(world, labels, result.params)})
+                outcome = PairOutcome(
+                    **{
+                        **outcome.__dict__,
+                        "dice": sdm_dice(world, labels, result.params, structures=structures),
+                    }
+                )
             outcomes.append(outcome)
             if method == "agent":
                 if labels is not None:
@@ -327,19 +333,23 @@ def evaluate_sdm(
                             result.initial_error_mm,
                             0.0,
                             0,
-                            sdm_dice(world, labels, zeros),
+                            sdm_dice(world, labels, zeros, structures=structures),
                         )
                     )
                 if on_result is not None:
                     on_result("sdm", world, pair, result)
         if "sitk" in baselines:
-            outcomes.append(_bspline_outcome(world, pair, subject.volume, labels))
+            outcomes.append(_bspline_outcome(world, pair, subject.volume, labels, structures))
     rows = [outcome.row() for outcome in outcomes]
     return metrics_from_outcomes(outcomes), rows
 
 
 def _bspline_outcome(
-    world: DeformableWorld, pair: AlignmentPair, fixed: Volume, labels: Volume | None
+    world: DeformableWorld,
+    pair: AlignmentPair,
+    fixed: Volume,
+    labels: Volume | None,
+    structures: dict[str, tuple[int, ...]],
 ) -> PairOutcome:
     from agents.baselines import bspline_baseline
 
@@ -351,5 +361,5 @@ def _bspline_outcome(
     mapped = pair.control_fixed_lps_mm + field_at_points(field, fixed, pair.control_fixed_lps_mm)
     after = float(np.mean(np.linalg.norm(mapped - pair.control_moving_lps_mm, axis=1)))
     before = float(world.errors_mm(pair, np.zeros(world.n_params, np.int64))[0])
-    dice = sdm_dice(world, labels, None, field) if labels is not None else None
+    dice = sdm_dice(world, labels, None, field, structures) if labels is not None else None
     return PairOutcome("sitk-bspline", pair.case_id, "sdm", 0.0, before, after, seconds, 0, dice)

@@ -45,6 +45,8 @@ class DeformableWorld(AlignmentWorld):
         coefficient_steps: per level, the step on every coefficient (std-dev units).
         start_range: training starts at level 0 draw coefficients uniformly in +-this.
         control_spacing_mm: lattice of the control points over the fixed body.
+        require_truth: refuse cases without a field or landmarks; ``False`` (evaluation) takes
+            a case with only a label map (its error is NaN; Dice scores it).
     """
 
     family = "sdm"
@@ -65,7 +67,9 @@ class DeformableWorld(AlignmentWorld):
         control_spacing_mm: float = 30.0,
         seed: int = 0,
         case_ids: Sequence[str] | None = None,
+        require_truth: bool = True,
     ) -> None:
+        self.require_truth = bool(require_truth)
         model = sdm if isinstance(sdm, StatisticalDeformationModel) else StatisticalDeformationModel.load(sdm)
         self.sdm = model
         self.param_names = tuple(f"c{i}" for i in range(model.k))
@@ -102,10 +106,13 @@ class DeformableWorld(AlignmentWorld):
         if field is not None:  # a phantom's or a model sample's exact field (envs.tasks.sdm_samples)
             return self._make_pair(case_id, volume, self.preset_for(subject), truth_field=field)
         names = [n for n in subject.landmarks if n in self.atlas_landmarks]
+        if len(names) < 3 and not self.require_truth and subject.labels is not None:
+            return self._make_pair(case_id, volume, self.preset_for(subject))  # scored by Dice only
         if len(names) < 3:
             raise ValueError(
                 f"case {case_id!r}: deformable ground truth needs a phantom's field or >= 3 "
-                f"landmarks shared with the atlas; found {len(names)}"
+                f"landmarks shared with the atlas; found {len(names)} (a label map alone does "
+                "for evaluation, not for training or validation: use sdm.samples)"
             )
         points = np.stack([subject.landmarks[n] for n in names])
         atlas_points = np.stack([self.atlas_landmarks[n] for n in names])
