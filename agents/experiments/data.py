@@ -9,7 +9,7 @@ split, :func:`make_alignment_world` the rigid or SDM world (the SDM one needs th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from envs.tasks import (
     fit_sdm_from_volumes,
     model_sample_dataset,
     phantom_sdm,
-    phantom_structures,
     shape_only_config,
 )
 
@@ -141,8 +140,8 @@ class SdmBundle:
     atlas: Volume
     atlas_labels: Volume | None
     atlas_landmarks: dict[str, NDArray]
-    structures: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    """Dice structures: the phantom's organs, or each label value of a user's atlas"""
+    structures: dict[str, tuple[int, ...]] | None = None
+    """Dice structures: each label value of a user's atlas (None: the phantom's organs)"""
 
 
 def prepare_sdm(
@@ -184,9 +183,8 @@ def prepare_sdm(
         model = fit_sdm_from_volumes(atlas, volumes, config.k, register, config.spacing_mm, progress)
     if model.k > 0 and atlas is not None:
         model.check_grid(atlas, "the atlas")
-    if config.atlas is None:
-        structures = phantom_structures()
-    else:
+    structures = None  # the phantom's organs
+    if config.atlas is not None:
         values = np.unique(labels.voxels) if labels is not None else []
         structures = {f"label {int(v)}": (int(v),) for v in values if v != 0}
     return SdmBundle(model, atlas, labels, landmarks, structures)

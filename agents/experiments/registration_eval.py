@@ -349,7 +349,7 @@ def _bspline_outcome(
     pair: AlignmentPair,
     fixed: Volume,
     labels: Volume | None,
-    structures: dict[str, tuple[int, ...]],
+    structures: dict[str, tuple[int, ...]] | None,
 ) -> PairOutcome:
     from agents.baselines import bspline_baseline
 
