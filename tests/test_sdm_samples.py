@@ -108,3 +108,16 @@ def test_a_case_with_only_a_label_map_is_scored_by_dice_at_evaluation_not_in_tra
     assert set(near) == {"label 1"}
     assert near["label 1"] > far["label 1"]
     assert summarise_errors([float("nan"), 1.0, 3.0])["n"] == 2  # truthless cases leave TRE alone
+
+
+def test_the_markdown_table_shows_a_missing_tre_as_a_dash_not_nan() -> None:
+    from agents.experiments.reports import markdown_table
+
+    missing = dict.fromkeys(
+        ("before_mean_mm", "mean_mm", "median_mm", "p95_mm", "success_rate"), float("nan")
+    )
+    table = markdown_table(
+        {"agent": {"sdm": {"0": {"n": 0, **missing, "median_s": 0.1, "dice_mean": 0.7}}}}, "t"
+    )
+    assert "| agent | sdm | 0 | 0 | - | - | - | - | - | 0.100 | 0.700 |" in table
+    assert "nan" not in table

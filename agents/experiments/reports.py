@@ -287,6 +287,14 @@ def write_gif(world: LandmarkWorld, variant: Any, detections: dict[str, Detectio
 
 
 # ---------------------------------------------------------------------- registration
+_TRE_KEYS = ("before_mean_mm", "mean_mm", "median_mm", "p95_mm")
+
+
+def _figure(value: float | None, spec: str) -> str:
+    """``value`` formatted, or "-" for a missing one (NaN, or null read back from JSON)."""
+    return "-" if value is None or value != value else format(value, spec)
+
+
 def markdown_table(metrics: dict[str, Any], title: str) -> str:
     """A Markdown table of registration metrics: one row per method, condition and misalignment."""
     lines = [
@@ -300,10 +308,12 @@ def markdown_table(metrics: dict[str, Any], title: str) -> str:
         for condition, by_misalignment in conditions.items():
             for misalignment, m in by_misalignment.items():
                 dice = f"{m['dice_mean']:.3f}" if "dice_mean" in m else ""
+                # cases without a truth (an SDM case with a label map only) have no TRE: "-"
+                mm = {key: _figure(m[key], ".2f") for key in _TRE_KEYS}
                 lines.append(
-                    f"| {method} | {condition} | {misalignment} | {m['n']} | {m['before_mean_mm']:.2f} | "
-                    f"{m['mean_mm']:.2f} | {m['median_mm']:.2f} | {m['p95_mm']:.2f} | "
-                    f"{m['success_rate']:.0%} | {m['median_s']:.3f} | {dice} |"
+                    f"| {method} | {condition} | {misalignment} | {m['n']} | {mm['before_mean_mm']} | "
+                    f"{mm['mean_mm']} | {mm['median_mm']} | {mm['p95_mm']} | "
+                    f"{_figure(m['success_rate'], '.0%')} | {_figure(m['median_s'], '.3f')} | {dice} |"
                 )
     return "\n".join(lines) + "\n"
 
