@@ -236,13 +236,6 @@ def prepare(out: Path, real_ct: Path, wheel: Path | None) -> None:
     print(f"real_sdm: wrote {out / 'manifest.csv'}, the atlas and {out / 'PROVENANCE.md'}")
 
 
-def _warp_labels(labels, grid, displacement: np.ndarray) -> np.ndarray:
-    from envs.core import voxel_centres_lps
-
-    index = labels.lps_to_index(voxel_centres_lps(grid) + displacement)[..., ::-1]
-    return ndimage.map_coordinates(labels.voxels, np.moveaxis(index, -1, 0), order=0, mode="constant", cval=0)
-
-
 def _score(
     methods: dict, case_id: str, truth: np.ndarray, name: str, warped: np.ndarray, seconds: float, **extra
 ) -> None:
@@ -265,6 +258,7 @@ def run(run_dir: Path, data: Path, meshes: list[float]) -> dict:
     from agents.search import QNetworkPolicy, align
     from envs.core import control_points, field_at_points
     from envs.data import Dataset
+    from envs.tasks import warp_by_field
 
     opened = open_run(run_dir)
     experiment = opened.experiment
@@ -293,7 +287,7 @@ def run(run_dir: Path, data: Path, meshes: list[float]) -> dict:
             case.case_id,
             truth,
             "affine only",
-            _warp_labels(bundle.atlas_labels, volume, np.zeros((*volume.shape_zyx, 3))),
+            warp_by_field(bundle.atlas_labels, volume, np.zeros((*volume.shape_zyx, 3)), labels=True).voxels,
             0.0,
         )
         zeros = np.zeros(bundle.sdm.k)
@@ -337,7 +331,7 @@ def run(run_dir: Path, data: Path, meshes: list[float]) -> dict:
                 case.case_id,
                 truth,
                 name,
-                _warp_labels(bundle.atlas_labels, volume, fitted.displacement_lps_mm),
+                warp_by_field(bundle.atlas_labels, volume, fitted.displacement_lps_mm, labels=True).voxels,
                 seconds,
             )
         # the model's ceiling on this patient: the last B-spline's field projected onto the modes

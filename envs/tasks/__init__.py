@@ -63,6 +63,7 @@ from envs.tasks.sdm_model import (
     phantom_sdm,
     phantom_structures,
     shape_only_config,
+    warp_by_field,
 )
 from envs.tasks.sdm_samples import SAMPLE_ELASTIC_GRID_MM, model_sample_dataset, sample_subject
 
@@ -109,4 +110,5 @@ __all__ = [
     "resolve_dataset",
     "sample_subject",
     "shape_only_config",
+    "warp_by_field",
 ]

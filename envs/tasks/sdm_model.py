@@ -38,6 +38,7 @@ __all__ = [
     "phantom_sdm",
     "phantom_structures",
     "shape_only_config",
+    "warp_by_field",
 ]
 
 SDM_FORMAT = "medgym.sdm"
@@ -199,16 +200,7 @@ class StatisticalDeformationModel:
 
         ``labels=True`` uses nearest-neighbour interpolation and keeps the dtype.
         """
-        field = self.field_on(grid, coefficients)
-        points = voxel_centres_lps(grid) + field
-        index = moving.lps_to_index(points)[..., ::-1]
-        coords = np.moveaxis(index, -1, 0)
-        order = 0 if labels else 1
-        output = moving.voxels.dtype if labels else np.float32
-        values = ndimage.map_coordinates(
-            moving.voxels, coords, order=order, mode="constant", cval=0, output=output
-        )
-        return grid.with_voxels(values, name=f"{moving.name} warped")
+        return warp_by_field(moving, grid, self.field_on(grid, coefficients), labels=labels)
 
     def project(self, points_lps_mm: ArrayLike, displacements_mm: ArrayLike) -> NDArray[np.float64]:
         """Least-squares coefficients whose field best matches ``displacements`` at ``points``."""
@@ -326,6 +318,23 @@ class StatisticalDeformationModel:
 
 
 # ---------------------------------------------------------------------- building models
+def warp_by_field(moving: Volume, grid: Volume, field: NDArray, *, labels: bool = False) -> Volume:
+    """``moving(p + field(p))`` on ``grid`` (``field``: ``(z, y, x, 3)`` LPS mm on ``grid``; 0 outside).
+
+    ``labels=True`` uses nearest-neighbour interpolation and keeps the dtype; else trilinear, float32.
+    """
+    index = moving.lps_to_index(voxel_centres_lps(grid) + field)[..., ::-1]
+    values = ndimage.map_coordinates(
+        moving.voxels,
+        np.moveaxis(index, -1, 0),
+        order=0 if labels else 1,
+        mode="constant",
+        cval=0,
+        output=moving.voxels.dtype if labels else np.float32,
+    )
+    return grid.with_voxels(values, name=f"{moving.name} warped")
+
+
 def shape_only_config(config: Any = None, spacing_mm: float | None = None) -> Any:
     """A :class:`~envs.phantom.PhantomConfig` without pose or size changes: subjects differ only
     by the deformation modes (what an SDM explains; rigid pose is the rigid env's job)."""

@@ -20,9 +20,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from envs.core import Volume, voxel_centres_lps
+from envs.core import Volume
 from envs.data import Case, Dataset, Subject
-from envs.tasks.sdm_model import StatisticalDeformationModel
+from envs.tasks.sdm_model import StatisticalDeformationModel, warp_by_field
 
 __all__ = ["SAMPLE_ELASTIC_GRID_MM", "model_sample_dataset", "sample_subject"]
 
@@ -76,16 +76,8 @@ def sample_subject(
                 smooth, np.divide(grid.shape_zyx, middle), order=1, grid_mode=True, mode="nearest"
             )
             field[..., axis] += full.astype(np.float32)
-    index = atlas.lps_to_index(voxel_centres_lps(grid) + field)[..., ::-1]
-    values = ndimage.map_coordinates(
-        atlas.voxels.astype(np.float32, copy=False),
-        np.moveaxis(index, -1, 0),
-        order=1,
-        mode="constant",
-        cval=0.0,
-    )
     low, high = np.percentile(atlas.voxels[::2, ::2, ::2], [1.0, 99.0])
-    values *= 1.0 + rng.uniform(-gain, gain)
+    values = warp_by_field(atlas, grid, field).voxels * np.float32(1.0 + rng.uniform(-gain, gain))
     if noise > 0:
         values += rng.normal(0.0, noise * float(high - low), values.shape).astype(np.float32)
     return grid.with_voxels(values.astype(np.float32), name="SDM sample"), field, coefficients
