@@ -26,17 +26,22 @@ prints one line (``evaluate.py: error: ...``) and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from agents.checkpoints import read_checkpoint
 from agents.experiments import (
     ConfigError,
+    Run,
+    apply_overrides,
     evaluate_custom_runs,
     evaluate_landmark_runs,
     evaluate_registration_run,
+    experiment_from_mapping,
     open_run,
     predict,
+    to_mapping,
 )
 from agents.experiments.predict import prediction_inputs
 from agents.experiments.sweep import expand_run_folders
@@ -98,6 +103,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="landmark task: training volumes registered per test volume by --baseline atlas (default 3)",
     )
     parser.add_argument(
+        "--search",
+        action="append",
+        metavar="KEY=VALUE",
+        help="landmark task: evaluate with this search setting instead of the run's (e.g. starts=5, "
+        "shape_check=true; see SearchConfig); repeat for several. The run folder is not changed",
+    )
+    parser.add_argument(
         "--gif", action="store_true", help="landmark task: also write an animated GIF of one search"
     )
     parser.add_argument(
@@ -128,7 +140,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # Flags that only one kind of run reads: given for the other kind, they are refused.
 REGISTRATION_ONLY = ("register", "misalignments", "trials", "conditions", "png", "refine")
-LANDMARK_ONLY = ("predict", "gif", "atlases", "workers", "ray_address")
+LANDMARK_ONLY = ("predict", "gif", "atlases", "workers", "ray_address", "search")
 CUSTOM_ONLY = ("episodes",)
 # What a custom run reads: its own env config; the data and method flags are the medgym tasks'.
 NOT_CUSTOM = (*REGISTRATION_ONLY, *LANDMARK_ONLY, "data", "split", "baseline")
@@ -201,12 +213,20 @@ def _each_once(runs: list) -> None:
         seen[key] = run.path
 
 
+def with_search(run: Run, settings: list[str]) -> Run:
+    """The run with ``search.KEY=VALUE`` settings applied (in memory; its folder is unchanged)."""
+    mapping = apply_overrides(to_mapping(run.experiment), [f"search.{setting}" for setting in settings])
+    return dataclasses.replace(run, experiment=experiment_from_mapping(mapping))
+
+
 def evaluate(args: argparse.Namespace) -> int:
     runs = [open_run(path) for path in expand_run_folders(args.runs)]
     tasks = sorted({run.experiment.task for run in runs})
     if len(tasks) > 1:
         raise ValueError(f"the runs mix tasks {tasks}; evaluate runs of one task at a time")
     check_flags(args, tasks[0])
+    if args.search:
+        runs = [with_search(run, args.search) for run in runs]
     for run in runs:  # a damaged checkpoint is named now, before any folder is made
         read_checkpoint(run.policy_path(), "evaluate.py")
     if args.out is not None:

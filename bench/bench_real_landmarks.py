@@ -92,7 +92,9 @@ def by_condition(errors_csv: Path, conditions: dict[str, Any]) -> dict[str, dict
     return dict(table)
 
 
-def absent_handling(run: Path, folder: Path, data: Path, conditions: dict[str, Any], out: Path) -> dict:
+def absent_handling(
+    run: Path, folder: Path, data: Path, conditions: dict[str, Any], out: Path, search: list[str]
+) -> dict:
     """``evaluate.py RUN --predict`` on the scans with absent landmarks: which does the agent report?"""
     cases = {case_id: spec for case_id, spec in conditions.items() if spec["absent"]}
     if not cases:
@@ -102,7 +104,9 @@ def absent_handling(run: Path, folder: Path, data: Path, conditions: dict[str, A
         for row in csv.DictReader((data / "manifest.csv").open(newline="", encoding="utf-8"))
         if row["case_id"] in cases
     }
-    run_process("evaluate.py", [str(run), "--predict", *map(str, images.values()), "--out", str(out)])
+    run_process(
+        "evaluate.py", [str(run), "--predict", *map(str, images.values()), *search, "--out", str(out)]
+    )
     report = {}
     for case_id, image in images.items():
         stem = image.name.split(".")[0]
@@ -147,10 +151,11 @@ def bench_set(name: str, args: argparse.Namespace, stamp: str) -> dict[str, Any]
     )
     folder = run / f"bench-real-{stamp}"
     baseline = [] if args.no_atlas else ["--baseline", "atlas"]
-    evaluate = [str(run), *baseline, "--out", str(folder / "test")]
+    search = [item for setting in args.search for item in ("--search", setting)]
+    evaluate = [str(run), *baseline, *search, "--out", str(folder / "test")]
     evaluate_minutes = run_process("evaluate.py", evaluate)
     table = by_condition(folder / "test" / "errors.csv", conditions)
-    absent = absent_handling(run, folder, data, conditions, folder / "predict_absent")
+    absent = absent_handling(run, folder, data, conditions, folder / "predict_absent", search)
     return {
         "run": str(run),
         "manifest": str(manifest),
@@ -220,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--skip-train", action="append", default=[], metavar="SET=RUN", help="evaluate RUN")
+    parser.add_argument(
+        "--search", action="append", default=[], metavar="KEY=VALUE", help="evaluate.py --search setting"
+    )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
     parser.add_argument(
         "--no-atlas", action="store_true", help="agent and oracle only (the atlas takes ~90 s a scan)"

@@ -196,3 +196,18 @@ def test_resume_continues_a_greedy_run(greedy_run: Path, tmp_path: Path) -> None
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
     assert train_main(["--resume", str(copy)]) == 0
     assert json.loads((copy / "state.json").read_text())["num_timesteps"] >= done + 200
+
+
+def test_train_writes_the_shape_and_evaluate_takes_search_settings(greedy_run: Path, tmp_path: Path) -> None:
+    shape = json.loads((greedy_run / "shape.json").read_text())
+    assert shape["names"] == json.loads((greedy_run / "landmarks.json").read_text())["landmarks"]
+    assert shape["cases"] >= 1
+    config_before = (greedy_run / "config.yaml").read_text()
+    out = tmp_path / "checked"
+    argv = [str(greedy_run), "--search", "shape_check=true", "--search", "starts=1", "--out", str(out)]
+    assert evaluate_main(argv) == 0
+    assert json.loads((out / "metrics.json").read_text())["agent"]["all"]["n"] == 10
+    assert (greedy_run / "config.yaml").read_text() == config_before  # the run is not changed
+    for bad in ("shape_tolerance_mm=0", "no_such_key=1"):
+        assert evaluate_main([str(greedy_run), "--search", bad, "--out", str(tmp_path / "bad")]) == 2
+        assert not (tmp_path / "bad").exists()

@@ -43,6 +43,7 @@ from agents.experiments.runs import (
 )
 from agents.experiments.validation import landmark_score, validate
 from agents.greedy import GreedyConfig, LandmarkGreedyTrainer, train_with_callbacks
+from agents.search import fit_shape
 from envs.data import Dataset
 from envs.io.atomic import atomic_write_text, check_output_folder, new_folder
 
@@ -109,6 +110,7 @@ def train_landmark(
     with new_run_or_nothing(run):
         if not has_names:
             run.write_landmark_names(names)  # evaluate.py reads the model's landmark order from here
+        _write_shape(run, dataset, names)
         spaces = (train_world.observation_space(), ACTIONS)
         resumed, done_steps = (
             resume_point(run, spaces if vec_env is None else vec_env) if resuming else (None, 0)
@@ -169,6 +171,19 @@ def train_landmark(
         if vec_env is not None:
             vec_env.close()
         return 0
+
+
+def _write_shape(run: Run, dataset: Dataset, names: list[str]) -> None:
+    """``shape.json``: the training scans' landmark configuration, for ``search.shape_check``
+    (with fewer than 3 landmarks there is no shape to check against: nothing is written)."""
+    path = run.path / "shape.json"
+    if path.is_file():
+        return
+    try:
+        shape = fit_shape([dataset.load(case).landmarks for case in dataset.split("train")], names)
+    except ValueError:
+        return
+    atomic_write_text(path, shape.to_json())
 
 
 def _build_variants(world: Any, dataset: Dataset, progress_bar: bool) -> None:

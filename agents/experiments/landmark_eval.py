@@ -15,14 +15,22 @@ import numpy as np
 from tqdm import tqdm
 
 from agents.checkpoints import load_policy
-from agents.experiments.data import make_world
+from agents.experiments.data import evaluation_dataset, make_world
 from agents.experiments.metrics import metrics_from_rows
 from agents.experiments.reports import plot_trajectories
 from agents.experiments.runs import Run
-from agents.search import Detection, OraclePolicy, QNetworkPolicy, detect_landmarks, scored_detections
+from agents.search import (
+    Detection,
+    LandmarkShape,
+    OraclePolicy,
+    QNetworkPolicy,
+    detect_with_shape,
+    fit_shape,
+    scored_detections,
+)
 from envs.data import Dataset
 
-__all__ = ["evaluate_run"]
+__all__ = ["evaluate_run", "run_shape"]
 
 ACTIONS = gym.spaces.Discrete(6)  # one step along +-x, +-y, +-z
 
@@ -42,6 +50,27 @@ def _check_landmarks(run: Run, dataset: Dataset, split: str, names: list[str]) -
         )
 
 
+def run_shape(run: Run, dataset: Dataset | None = None) -> LandmarkShape | None:
+    """The run's training landmark configuration for ``search.shape_check``: its ``shape.json``
+    (train.py writes it), else fitted to the training split of ``dataset`` (default: the run's own
+    data) for runs made before the check; None when neither exists (the check is then skipped,
+    with a note)."""
+    path = run.path / "shape.json"
+    if path.is_file():
+        return LandmarkShape.load(path)
+    try:
+        dataset = dataset if dataset is not None else evaluation_dataset(run.experiment, None)
+        cases = dataset.split("train")
+        return fit_shape([dataset.load(case).landmarks for case in cases], run.landmark_names())
+    except (ValueError, OSError):
+        print(
+            f"evaluate.py: note: {run.path} has no shape.json and its data no annotated training "
+            "cases; search.shape_check is skipped",
+            file=sys.stderr,
+        )
+        return None
+
+
 def evaluate_run(
     run: Run, dataset: Dataset, split: str, baseline: str | None, out: Path, gif: bool, atlases: int = 3
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -57,12 +86,14 @@ def evaluate_run(
     world = make_world(experiment, dataset, split, augment=False, landmarks=names)
     policy = load_policy(run.policy_path(), (world.observation_space(), ACTIONS))
     methods: dict[str, Any] = {"agent": QNetworkPolicy(policy), "oracle": OraclePolicy()}
+    shape = run_shape(run, dataset) if experiment.search.shape_check else None
     rows: list[dict[str, Any]] = []
     first_detections: dict[str, Detection] | None = None
     for index in tqdm(range(world.n_variants), desc=f"evaluate {run.path.name}", unit="case"):
         variant = world.variant(index)
         for method, policy_fn in methods.items():
-            detections = detect_landmarks(world, variant, policy_fn, config=experiment.search, seed=index)
+            checked = shape if method == "agent" else None  # the oracle needs no shape check
+            detections = detect_with_shape(world, variant, policy_fn, experiment.search, checked, seed=index)
             if method == "agent" and first_detections is None:
                 first_detections = detections
                 plot_trajectories(world, variant, detections, out / "trajectories.png", gif)

@@ -13,6 +13,7 @@ same points: a scan's search is seeded by its position in the input list.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -29,9 +30,10 @@ from tqdm import tqdm
 
 from agents.checkpoints import load_policy
 from agents.experiments.data import make_world
+from agents.experiments.landmark_eval import run_shape
 from agents.experiments.reports import prediction_stems, volume_stem, write_csv
 from agents.experiments.runs import Run, open_run
-from agents.search import QNetworkPolicy, detect_landmarks
+from agents.search import LandmarkShape, QNetworkPolicy, SearchConfig, detect_with_shape
 from envs import io
 from envs.data import Case, Dataset
 from envs.data.manifest import read_manifest
@@ -150,12 +152,15 @@ def predict(
     bar = tqdm(total=len(volumes), desc="predict", unit="scan", disable=not progress, file=sys.stderr)
     written: list[Path] = []
     rows: list[dict[str, Any]] = []
+    shape = run_shape(run) if run.experiment.search.shape_check else None
     if use_ray:
         del variants  # the workers read their own scans
-        results = _fan_out(run, volumes, workers, ray_address)
+        results = _fan_out(run, volumes, workers, ray_address, shape)
     else:
         policy = QNetworkPolicy(load_policy(run.policy_path(), (world.observation_space(), ACTIONS)))
-        results = (_search(run, world, policy, index, variants[index]) for index in range(len(volumes)))
+        results = (
+            _search(run, world, policy, index, variants[index], shape) for index in range(len(volumes))
+        )
     made = make_folders(out)
     try:
         for index, detections, seconds in results:
@@ -217,10 +222,12 @@ def training_modality(run: Run) -> str:
     return modalities[0]
 
 
-def _search(run: Run, world: Any, policy: Any, index: int, variant: Any) -> tuple[int, dict[str, Any], float]:
+def _search(
+    run: Run, world: Any, policy: Any, index: int, variant: Any, shape: LandmarkShape | None
+) -> tuple[int, dict[str, Any], float]:
     """One scan's search, seeded by its position ``index``: (index, name -> detection, seconds)."""
     began = time.perf_counter()
-    detections = detect_landmarks(world, variant, policy, config=run.experiment.search, seed=index)
+    detections = detect_with_shape(world, variant, policy, run.experiment.search, shape, seed=index)
     found = {
         name: (np.asarray(d.position_lps_mm, dtype=float).tolist(), bool(d.found), float(d.confidence))
         for name, d in detections.items()
@@ -228,19 +235,25 @@ def _search(run: Run, world: Any, policy: Any, index: int, variant: Any) -> tupl
     return index, found, time.perf_counter() - began
 
 
-def _search_chunk(run_path: str, scans: list[tuple[int, str]]) -> list[tuple[int, dict[str, Any], float]]:
-    """A Ray task: the searches of some scans, ``(index, path)``, with the run's best policy."""
+def _search_chunk(
+    run_path: str, scans: list[tuple[int, str]], search: SearchConfig, shape: LandmarkShape | None
+) -> list[tuple[int, dict[str, Any], float]]:
+    """A Ray task: the searches of some scans, ``(index, path)``, with the run's best policy, the
+    caller's search settings (``evaluate.py --search`` may have changed the run's) and shape."""
     from agents.networks import set_torch_threads
 
     set_torch_threads(1)
     run = open_run(run_path)
+    run = dataclasses.replace(run, experiment=dataclasses.replace(run.experiment, search=search))
     indices, volumes = [i for i, _ in scans], [Path(p) for _, p in scans]
     world = _world(run, volumes, indices, run.landmark_names())
     policy = QNetworkPolicy(load_policy(run.policy_path(), (world.observation_space(), ACTIONS)))
-    return [_search(run, world, policy, index, world.variant(k)) for k, index in enumerate(indices)]
+    return [_search(run, world, policy, index, world.variant(k), shape) for k, index in enumerate(indices)]
 
 
-def _fan_out(run: Run, volumes: list[Path], workers: int, ray_address: str | None) -> Any:
+def _fan_out(
+    run: Run, volumes: list[Path], workers: int, ray_address: str | None, shape: LandmarkShape | None
+) -> Any:
     """Yield the searches' results as Ray tasks (1 CPU each, ``workers`` at once) finish them."""
     import ray
 
@@ -255,7 +268,8 @@ def _fan_out(run: Run, volumes: list[Path], workers: int, ray_address: str | Non
         size = max(1, math.ceil(len(volumes) / (workers * 4)))  # small chunks: an even load, a live bar
         scans = [(i, str(path.resolve())) for i, path in enumerate(volumes)]
         chunks = [scans[start : start + size] for start in range(0, len(scans), size)]
-        pending = [task.remote(str(run.path.resolve()), chunk) for chunk in chunks]
+        search = run.experiment.search
+        pending = [task.remote(str(run.path.resolve()), chunk, search, shape) for chunk in chunks]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:

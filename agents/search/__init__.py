@@ -8,6 +8,8 @@ The map:
 - :mod:`agents.search.landmark`: :func:`detect_landmarks`, every agent of a volume batched,
   with consensus over starts, a confidence per landmark and an optional sub-voxel answer from
   the Q-values at the end (:func:`subvoxel_offset`).
+- :mod:`agents.search.shape`: :func:`detect_with_shape`, the answers checked against the
+  training scans' landmark configuration (:class:`LandmarkShape`), suspects searched again.
 - :mod:`agents.search.align`: :func:`align` on a transform's parameters and
   :func:`refine_alignment` (SimpleITK polish of a rigid answer).
 - :mod:`agents.search.guard`: :func:`guard_alignment`, the plausibility guard of a rigid answer
@@ -40,6 +42,7 @@ from agents.search.policies import (
     QNetworkPolicy,
 )
 from agents.search.register import register, write_registration
+from agents.search.shape import LandmarkShape, ShapeFit, detect_with_shape, fit_answers, fit_shape
 
 __all__ = [
     "AGREEMENT_VOX",
@@ -51,13 +54,18 @@ __all__ = [
     "AlignmentPolicy",
     "Detection",
     "LandmarkPolicy",
+    "LandmarkShape",
     "OraclePolicy",
     "Plausibility",
     "QNetworkPolicy",
     "SearchConfig",
+    "ShapeFit",
     "align",
     "check_answer",
     "detect_landmarks",
+    "detect_with_shape",
+    "fit_answers",
+    "fit_shape",
     "guard_alignment",
     "guard_bounds",
     "refine_alignment",

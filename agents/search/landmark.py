@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from agents.search.landmark_config import AGREEMENT_VOX, FINAL_POINTS, Detection, SearchConfig
 from agents.search.policies import AgentState, LandmarkPolicy
 from envs.tasks import ACTIONS_ZYX, LandmarkWorld, Variant
 
@@ -35,101 +35,6 @@ __all__ = [
     "start_points",
     "subvoxel_offset",
 ]
-
-FINAL_POINTS = ("min_q", "cycle_mean", "q_subvoxel")
-"""the choices of :attr:`SearchConfig.final_point`"""
-AGREEMENT_VOX = 2.0
-"""width (finest voxels) of the Gaussian weight of a start's distance from the answer in the confidence"""
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Test-time search settings.
-
-    Attributes:
-        starts: starting points per landmark; the answer is the per-axis median of the
-            starts that stayed in the volume and agree (several starts guard against gross
-            misses).
-        oscillation_window: a move back to one of this many last positions ends a level.
-        max_steps_per_level: cap per level (a safety net; oscillation normally ends first).
-        max_blocked: moves against the border at one level before the agent is reported
-            as having left the field of view.
-        absent_share: a landmark is reported not in the field of view when at least this share
-            of its starts left the volume (0.5: half or more; 1.0: only when every start left).
-        min_confidence: below this confidence a landmark is reported as not found.
-        final_point: where the finest level's oscillation cycle ends: ``"min_q"`` (the cycle
-            position with the lowest max Q, where the agent expects no further gain),
-            ``"cycle_mean"`` (the mean of the cycle's positions: sub-voxel) or
-            ``"q_subvoxel"`` (the ``"min_q"`` voxel moved by the offset that the Q-values of
-            opposite moves there imply, :func:`subvoxel_offset`: at most half a voxel per axis,
-            none along an axis where the voxel is on the grid's border; meant for Q-values that
-            are immediate rewards: the oracle, ``agent.algorithm: greedy``). With the oracle at
-            2 mm finest steps (80 landmarks of 8 phantom variants, 3 starts), ``"min_q"`` has
-            the grid's floor (median 1.00 mm, p95 1.33 mm), ``"cycle_mean"`` 0.67 / 1.02 mm,
-            ``"q_subvoxel"`` is exact (below 1e-4 mm); with a fixed Gaussian error of 0.1 / 0.3
-            voxel on every Q-value, ``"q_subvoxel"`` 0.22 / 0.63 mm median against ``"min_q"``
-            1.07 / 1.15 mm (40 landmarks of 4 phantoms).
-        consensus_radius_vox: starts that end farther than this many finest voxels from the
-            per-axis median of the starts are outliers, dropped from the answer (the median of
-            the rest); ``0`` keeps every start.
-    """
-
-    starts: int = 1
-    oscillation_window: int = 4
-    max_steps_per_level: int = 120
-    max_blocked: int = 3
-    absent_share: float = 0.5
-    min_confidence: float = 0.0
-    final_point: str = "min_q"
-    consensus_radius_vox: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.starts < 1:
-            raise ValueError(f"search.starts: expected >= 1, got {self.starts}")
-        if self.oscillation_window < 2:
-            raise ValueError(f"search.oscillation_window: expected >= 2, got {self.oscillation_window}")
-        if self.final_point not in FINAL_POINTS:
-            raise ValueError(
-                f"search.final_point: expected one of {', '.join(map(repr, FINAL_POINTS))}, "
-                f"got {self.final_point!r}"
-            )
-        if not self.consensus_radius_vox >= 0:
-            raise ValueError(
-                f"search.consensus_radius_vox: expected >= 0 finest voxels (0 keeps every start), "
-                f"got {self.consensus_radius_vox}"
-            )
-        if not 0 < self.absent_share <= 1:
-            raise ValueError(f"search.absent_share: expected a share in (0, 1], got {self.absent_share}")
-        if self.max_steps_per_level < 1 or self.max_blocked < 1:
-            raise ValueError("search.max_steps_per_level and search.max_blocked must be >= 1")
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One landmark's answer, in LPS mm.
-
-    ``confidence`` (0..1) is the product of two factors: the agreement of the starts, the mean
-    over all starts of ``exp(-d^2 / 2 w^2)`` with ``d`` the distance of a start's end from the
-    answer and ``w`` = :data:`AGREEMENT_VOX` finest voxels (a start that left the volume counts
-    0), and the network's expectation of no further gain at the end, ``1 / (1 + max(max Q, 0))``
-    averaged over the starts that agree. On searches by an imperfect policy (the oracle plus a
-    fixed Gaussian error of 0.8 voxel on every Q-value: 33-48 % misses over 10 mm; 40 landmarks
-    of 4 phantoms, 3 error draws, 3 or 5 starts) its AUROC separating hits from misses was
-    0.94-0.99, against 0.89-0.96 for the share of starts within ``w`` times the Q factor (the
-    confidence before); no answer at confidence >= 0.5 (15-25 % of them) was a miss. With one
-    start the Q factor is the only signal. Not yet measured with a trained agent.
-    """
-
-    name: str
-    position_lps_mm: NDArray[np.float64]  # (3,) median over starts; NaN when every start left the volume
-    found: bool  # False: not in the field of view, or confidence below the threshold
-    confidence: float  # 0..1
-    steps: int  # summed over starts
-    seconds: float  # wall time of the whole search divided by the number of landmarks
-    start_positions_lps_mm: NDArray[np.float64]  # (starts, 3) where each start ended
-    trajectories_lps_mm: list[NDArray[np.float64]]  # one (T, 3) path per start
-    # (starts, 6) the Q-values at each start's end (NaN rows: none); None when not searched
-    end_q_values: NDArray[np.float64] | None = None
 
 
 def subvoxel_offset(q_values: NDArray, iterations: int = 30) -> NDArray[np.float64]:
@@ -182,9 +87,10 @@ def detect_landmarks(
     variant: Variant,
     policy: LandmarkPolicy,
     landmarks: Sequence[str] | None = None,
-    config: SearchConfig = SearchConfig(),
+    config: SearchConfig | None = None,
     starts_lps_mm: NDArray | None = None,
     seed: int = 0,
+    first_level: int = 0,
 ) -> dict[str, Detection]:
     """Search every requested landmark of one variant (usually aug 0 of a test case).
 
@@ -195,9 +101,12 @@ def detect_landmarks(
             :class:`~agents.search.policies.LandmarkPolicy`: a ``QNetworkPolicy``, ``OraclePolicy``
             or any function of that signature).
         landmarks: names to find (default: all of ``world.landmark_names``).
-        config: the search settings.
-        starts_lps_mm: ``(starts, 3)`` starting points; default :func:`start_points`.
+        config: the search settings (default :class:`SearchConfig`).
+        starts_lps_mm: ``(starts, 3)`` starting points shared by every landmark, or
+            ``(landmarks, starts, 3)``, one set per landmark; default :func:`start_points`.
         seed: for random starting points.
+        first_level: the pyramid level the agents start at (0, the coarsest, by default; a
+            finer level keeps a search near its starts, as the shape check's re-search does).
 
     Returns:
         name -> :class:`Detection`, in the order of ``landmarks``.
@@ -208,22 +117,29 @@ def detect_landmarks(
         raise ValueError(
             f"search: landmark(s) {unknown} unknown to the model; it knows {world.landmark_names}"
         )
+    config = config if config is not None else SearchConfig()
+    if not 0 <= first_level < world.n_levels:
+        raise ValueError(f"search: first_level {first_level} outside the {world.n_levels} levels")
     began = time.perf_counter()
     rng = np.random.default_rng(seed)
     starts = (
-        np.asarray(starts_lps_mm)
+        np.asarray(starts_lps_mm, dtype=np.float64)
         if starts_lps_mm is not None
         else start_points(world, variant, config.starts, rng)
     )
-    n_starts = len(starts)
+    if starts.ndim == 3:  # one set of starts per landmark
+        if len(starts) != len(names):
+            raise ValueError(f"search: {len(starts)} sets of starts for {len(names)} landmarks")
+        n_starts, points = starts.shape[1], starts.reshape(-1, 3)
+    else:
+        n_starts, points = len(starts), np.tile(starts, (len(names), 1))
     landmark_index = np.repeat([world.landmark_names.index(name) for name in names], n_starts)
-    start_zyx = variant.pyramid.index_zyx(0, np.tile(starts, (len(names), 1)))
-    shape0 = np.array(variant.pyramid.levels[0].shape_zyx)
-    start_zyx = np.clip(start_zyx, 0, shape0 - 1)
+    start_zyx = variant.pyramid.index_zyx(first_level, points)
+    start_zyx = np.clip(start_zyx, 0, np.array(variant.pyramid.levels[first_level].shape_zyx) - 1)
     count = len(landmark_index)
     state = AgentState(
         landmark=landmark_index.astype(np.int64),
-        level=np.zeros(count, np.int64),
+        level=np.full(count, first_level, np.int64),
         position_zyx=start_zyx.astype(np.int64),
         history_zyx=np.repeat(start_zyx[:, np.newaxis], world.frames, axis=1).astype(np.int64),
         done=np.zeros(count, bool),
@@ -237,7 +153,7 @@ def detect_landmarks(
         recent=[[tuple(int(v) for v in p)] for p in start_zyx],
         recent_q=[[np.nan] for _ in start_zyx],
         recent_q_values=[[None] for _ in start_zyx],
-        trajectories_lps=[[variant.pyramid.lps_of_index(0, p)] for p in start_zyx],
+        trajectories_lps=[[variant.pyramid.lps_of_index(first_level, p)] for p in start_zyx],
     )
     size = world.patch_size
     max_total = config.max_steps_per_level * world.n_levels + 1
