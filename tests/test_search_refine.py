@@ -6,45 +6,23 @@ import itertools
 
 import numpy as np
 import pytest
+from search_support import exact_q, whole_and_cropped_phantom
 
 from agents.experiments import compute_metrics, metrics_from_rows
 from agents.experiments.metrics import auroc
 from agents.search import OraclePolicy, SearchConfig, detect_landmarks, scored_detections, subvoxel_offset
-from envs.core import Volume
 from envs.data import AugmentConfig, Dataset
 from envs.phantom import LANDMARK_NAMES
-from envs.tasks import ACTIONS_ZYX, LandmarkWorld
+from envs.tasks import LandmarkWorld
 
 LEVELS = (8.0, 4.0, 2.0)
 FINEST_MM = LEVELS[-1]
 
 
-def exact_q(offset_zyx: np.ndarray) -> np.ndarray:
-    """The immediate reward of the 6 moves (distance decrease, voxels) with the target at ``offset``."""
-    offset = np.asarray(offset_zyx, dtype=np.float64)
-    return np.linalg.norm(offset, axis=-1)[..., None] - np.linalg.norm(
-        offset[..., None, :] - ACTIONS_ZYX, axis=-1
-    )
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    """One phantom twice: whole (case "full"), and its lower 60 slices (case "crop": z is
-    superior, so the carina and the upper vertebrae fall outside while all 10 stay annotated)."""
-    from envs import io
-    from envs.phantom import generate_phantom
-
-    folder = tmp_path_factory.mktemp("phantom")
-    phantom = generate_phantom(7)
-    volume = phantom.volume
-    cropped = Volume(volume.voxels[:60], volume.spacing_xyz_mm, volume.origin_lps_mm, volume.direction)
-    io.write_volume(volume, folder / "full.nii.gz")
-    io.write_volume(cropped, folder / "crop.nii.gz")
-    io.write_landmarks(phantom.landmarks, folder / "points.fcsv")
-    (folder / "manifest.csv").write_text(
-        "case_id,image,landmarks,split\nfull,full.nii.gz,points.fcsv,test\ncrop,crop.nii.gz,points.fcsv,test\n"
-    )
-    return Dataset.from_manifest(folder / "manifest.csv")
+    """One phantom whole and its lower 60 slices (the carina and the upper vertebrae outside)."""
+    return whole_and_cropped_phantom(tmp_path_factory.mktemp("phantom"), 60)
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +105,7 @@ def _decoy_policy(decoy_starts: set[int], n_starts: int, shift_mm: float):
             if agent % n_starts in decoy_starts:
                 target[2] += shift_mm / LEVELS[level]
             position = state.position_zyx[agent]
-            q[row] = np.linalg.norm(position - target) - np.linalg.norm(
-                position + ACTIONS_ZYX - target, axis=1
-            )
+            q[row] = exact_q(target - position)
         return q
 
     return policy

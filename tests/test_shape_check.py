@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from search_support import exact_q, whole_and_cropped_phantom
 
 from agents.search import (
     LandmarkShape,
-    OraclePolicy,
     SearchConfig,
     detect_landmarks,
     detect_with_shape,
@@ -15,10 +15,9 @@ from agents.search import (
     fit_shape,
 )
 from agents.search.shape import similarity
-from envs.core import Volume
 from envs.data import AugmentConfig, Dataset
 from envs.phantom import LANDMARK_NAMES
-from envs.tasks import ACTIONS_ZYX, LandmarkWorld
+from envs.tasks import LandmarkWorld
 
 LEVELS = (8.0, 4.0, 2.0)
 
@@ -84,23 +83,26 @@ def test_fit_answers_names_the_answer_that_disagrees_and_the_missing_one() -> No
     assert fit_answers(shape, scattered, 10.0) is None
 
 
+def test_a_fit_that_few_answers_agree_with_must_be_tight() -> None:
+    base = np.random.default_rng(3).normal(0.0, 60.0, (12, 3))
+    names = [f"q{i}" for i in range(12)]
+    shape = fit_shape([dict(zip(names, base, strict=True))], names)
+    rng = np.random.default_rng(4)
+    answers = {n: p + rng.normal(0.0, 80.0, 3) for n, p in zip(names, base, strict=True)}  # 8 scattered
+    for name, point in list(zip(names, base, strict=True))[:4]:
+        answers[name] = point + rng.normal(0.0, 0.3, 3)  # 4 of 12 right, tightly
+    fit = fit_answers(shape, answers, 10.0)
+    assert fit is not None
+    assert fit.agreeing == 4
+    for name, point in list(zip(names, base, strict=True))[:5]:
+        answers[name] = point + rng.normal(0.0, 4.0, 3)  # 5 loosely: a coincidence of wrong answers
+    assert fit_answers(shape, answers, 10.0) is None
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    """One phantom: whole ("full") and its lower 110 slices ("crop": the carina and T6 outside)."""
-    from envs import io
-    from envs.phantom import generate_phantom
-
-    folder = tmp_path_factory.mktemp("shape_phantom")
-    phantom = generate_phantom(7)
-    volume = phantom.volume
-    cropped = Volume(volume.voxels[:110], volume.spacing_xyz_mm, volume.origin_lps_mm, volume.direction)
-    io.write_volume(volume, folder / "full.nii.gz")
-    io.write_volume(cropped, folder / "crop.nii.gz")
-    io.write_landmarks(phantom.landmarks, folder / "points.fcsv")
-    (folder / "manifest.csv").write_text(
-        "case_id,image,landmarks,split\nfull,full.nii.gz,points.fcsv,test\ncrop,crop.nii.gz,points.fcsv,test\n"
-    )
-    return Dataset.from_manifest(folder / "manifest.csv")
+    """One phantom whole and its lower 110 slices (the carina and T6 outside)."""
+    return whole_and_cropped_phantom(tmp_path_factory.mktemp("shape_phantom"), 110)
 
 
 @pytest.fixture(scope="module")
@@ -115,27 +117,31 @@ def _world(dataset: Dataset, case: str) -> LandmarkWorld:
     return LandmarkWorld(dataset, "test", LANDMARK_NAMES, LEVELS, 25, 1, None, augment, case_ids=[case])
 
 
+def _seeking(target_of):
+    """A policy with the immediate rewards of moves towards ``target_of(variant, state, agent)``
+    (voxels of the agent's level): the oracle when that is the landmark itself."""
+
+    def policy(observations, variant, state, active):
+        return np.stack(
+            [exact_q(target_of(variant, state, agent) - state.position_zyx[agent]) for agent in active]
+        )
+
+    return policy
+
+
 def _basin_policy(landmark: int, basin_mm: float, decoy_mm: float):
     """The oracle, except that one landmark is seen only within ``basin_mm`` of it: from farther
     away its agents seek a decoy ``decoy_mm`` above it (a neighbouring vertebra, say)."""
 
-    def policy(observations, variant, state, active):
-        q = np.empty((len(active), 6))
-        for row, agent in enumerate(active):
-            level = state.level[agent]
-            target = variant.targets_zyx[level][state.landmark[agent]].copy()
-            position = state.position_zyx[agent]
-            if (
-                state.landmark[agent] == landmark
-                and np.linalg.norm(position - target) * LEVELS[level] > basin_mm
-            ):
-                target[0] += decoy_mm / LEVELS[level]
-            q[row] = np.linalg.norm(position - target) - np.linalg.norm(
-                position + ACTIONS_ZYX - target, axis=1
-            )
-        return q
+    def target_of(variant, state, agent):
+        level = state.level[agent]
+        target = variant.targets_zyx[level][state.landmark[agent]].copy()
+        far = np.linalg.norm(state.position_zyx[agent] - target) * LEVELS[level] > basin_mm
+        if state.landmark[agent] == landmark and far:
+            target[0] += decoy_mm / LEVELS[level]
+        return target
 
-    return policy
+    return _seeking(target_of)
 
 
 def test_a_miss_far_from_the_shape_is_searched_again_from_where_the_others_put_it(
@@ -160,18 +166,52 @@ def test_a_miss_far_from_the_shape_is_searched_again_from_where_the_others_put_i
     np.testing.assert_array_equal(off["T6_body"].position_lps_mm, plain["T6_body"].position_lps_mm)
 
 
-def _stay_inside(observations, variant, state, active):
-    """The oracle for landmarks in the scan; the others end at the grid's centre (a false detection)."""
-    q = OraclePolicy()(observations, variant, state, active)
-    for row, agent in enumerate(active):
+def _two_decoys(landmark: int, decoy_mm: float):
+    """The oracle, except that one landmark's first search seeks a point ``decoy_mm`` above it and
+    any later search (started at the finest level) one as far below it."""
+    later = {"search": False}
+
+    def target_of(variant, state, agent):
         level = state.level[agent]
-        if np.isnan(variant.targets_zyx[level][state.landmark[agent]][0]):
-            centre = (np.array(variant.pyramid.levels[level].shape_zyx) - 1) / 2.0
-            position = state.position_zyx[agent]
-            q[row] = np.linalg.norm(position - centre) - np.linalg.norm(
-                position + ACTIONS_ZYX - centre, axis=1
-            )
-    return q
+        if state.steps[agent] == 0 and level == len(LEVELS) - 1:
+            later["search"] = True
+        target = variant.targets_zyx[level][state.landmark[agent]].copy()
+        if state.landmark[agent] == landmark:
+            target[0] += (-decoy_mm if later["search"] else decoy_mm) / LEVELS[level]
+        return target
+
+    return _seeking(target_of)
+
+
+def test_when_no_search_agrees_the_fitted_point_is_the_answer(dataset: Dataset, shape: LandmarkShape) -> None:
+    world = _world(dataset, "full")
+    variant = world.variant(0)
+    index = LANDMARK_NAMES.index("T6_body")
+    truth = variant.landmarks_lps_mm[index]
+    config = SearchConfig(starts=1, shape_check=True)
+    checked = detect_with_shape(world, variant, _two_decoys(index, 30.0), config, shape)["T6_body"]
+    assert np.linalg.norm(checked.position_lps_mm - truth) < 6.0  # the shape's point: the scan's warp
+    assert checked.confidence == 0.0
+    assert checked.found
+    off = SearchConfig(starts=1, shape_check=True, shape_fallback=False)
+    kept = detect_with_shape(world, variant, _two_decoys(index, 30.0), off, shape)["T6_body"]
+    assert np.linalg.norm(kept.position_lps_mm - truth) > 25.0
+    # both searches at one point: the agent is taken at its word, whatever the shape says
+    same = detect_with_shape(world, variant, _basin_policy(index, basin_mm=0.0, decoy_mm=30.0), config, shape)
+    assert np.linalg.norm(same["T6_body"].position_lps_mm - truth) > 25.0
+    assert same["T6_body"].confidence > 0.0
+
+
+def _grid_centre_if_absent(variant, state, agent):
+    """The landmark for landmarks in the scan; the grid's centre for the others (a false detection)."""
+    level = state.level[agent]
+    target = variant.targets_zyx[level][state.landmark[agent]]
+    if np.isnan(target[0]):
+        return (np.array(variant.pyramid.levels[level].shape_zyx) - 1) / 2.0
+    return target
+
+
+_stay_inside = _seeking(_grid_centre_if_absent)
 
 
 def test_an_answer_whose_shape_point_is_outside_the_scan_is_reported_absent(

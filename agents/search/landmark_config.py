@@ -51,6 +51,9 @@ class SearchConfig:
             is searched again from there, or reported absent when that point is outside the scan.
         shape_tolerance_mm: the least tolerance (mm); a landmark's own is at least 2x its spread
             over the training scans.
+        shape_fallback: when neither the first nor the re-search's answer is within the tolerance of
+            the fitted point, and they are not within half of it of each other, answer the fitted
+            point itself (confidence 0).
         shape_restart_level: the pyramid level a suspect's re-search starts at (0 = coarsest,
             -1 = finest, as a Python index). The finest: a coarser start walked back to the wrong
             vertebra on phantoms, where the finest level found the right one.
@@ -66,6 +69,7 @@ class SearchConfig:
     consensus_radius_vox: float = 2.0
     shape_check: bool = False
     shape_tolerance_mm: float = 10.0
+    shape_fallback: bool = True
     shape_restart_level: int = -1
 
     def __post_init__(self) -> None:

@@ -7,8 +7,11 @@ configuration (:class:`LandmarkShape`) to the answers, robustly: every triple of
 proposes a fit, the one that most answers agree with wins and is refitted on them. An answer
 farther than its tolerance from its fitted point is a suspect: it is searched again from that
 point at a finer level (``search.shape_restart_level``) and the new answer is kept when it is
-nearer to the fit; when the fitted point is outside the scan, the landmark is reported absent.
-The fit needs at least 4 answers that agree (and 15 % of those found); otherwise nothing changes.
+nearer to the fit; when neither is within the tolerance nor near the other, the fitted point
+itself is the answer (``search.shape_fallback``, confidence 0); when the fitted point is outside the scan, the
+landmark is reported absent.
+The fit needs at least 4 answers that agree (and 15 % of those found; under half of them, tightly);
+otherwise nothing changes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,15 @@ MIN_AGREEING = 4
 MIN_SHARE = 0.15
 """... and the share of the answers found that must agree: on a cropped real brain scan only 6 of
 32 answers were right, yet those 6 put all 32 points within 2.5 mm of the truth"""
+TRUSTED_SHARE = 0.5
+"""below this share of agreeing answers the fit must also be tight (:data:`TIGHTNESS`)"""
+DETECTION_MM = 2.0
+"""the agent's own error, added to the shape's spread for the tightness"""
+TIGHTNESS = 1.5
+"""the most RMS residual of the agreeing answers, in units of their spread + :data:`DETECTION_MM`,
+of a fit that fewer than half of the answers agree with: on another cropped brain scan, 6 of 24
+wrong answers, pushed off the cut together, agreed with a compressed fit at 2.2 units (the 6
+right answers of the first scan: 0.65)"""
 SPREAD_FACTOR = 2.0
 """a landmark's tolerance is at least this many times its spread over the training scans"""
 
@@ -209,6 +221,11 @@ def fit_answers(
         agreeing = have[residual_have <= tolerance[have]]
     if len(agreeing) < max(MIN_AGREEING, MIN_SHARE * len(have)):
         return None
+    if len(agreeing) < TRUSTED_SHARE * len(have):
+        noise = fit[0] * shape.spread_mm[agreeing] + DETECTION_MM
+        residual_agreeing = np.linalg.norm(_apply(fit, shape.mean_mm[agreeing]) - points[agreeing], axis=1)
+        if np.sqrt(np.mean((residual_agreeing / noise) ** 2)) > TIGHTNESS:
+            return None
     expected = _apply(fit, shape.mean_mm)
     residual = np.linalg.norm(expected - points, axis=1)
     return ShapeFit(shape.names, expected, residual, tolerance * fit[0], len(agreeing), fit[0])
@@ -257,8 +274,22 @@ def detect_with_shape(
             new, old = redone[name], detections[name]
             expected = fit.expected_lps_mm[row[name]]
             new_residual = float(np.linalg.norm(new.position_lps_mm - expected)) if new.found else np.inf
-            if new_residual < (fit.residual_mm[row[name]] if old.found else np.inf):
+            old_residual = fit.residual_mm[row[name]] if old.found else np.inf
+            if new_residual < old_residual:
                 checked[name] = new
+            tolerance = fit.tolerance_mm[row[name]]
+            consistent = (
+                new.found
+                and old.found
+                and np.linalg.norm(new.position_lps_mm - old.position_lps_mm) <= tolerance / 2.0
+            )
+            if config.shape_fallback and min(new_residual, old_residual) > tolerance and not consistent:
+                # neither search agrees with the others, nor with each other: answer where the
+                # others put it, with no confidence (when both searches end at one point, the agent
+                # is taken at its word: on phantoms the shape, not the agent, was off there)
+                checked[name] = dataclasses.replace(
+                    checked[name], position_lps_mm=expected.copy(), found=True, confidence=0.0
+                )
     extra = (time.perf_counter() - began) / max(len(checked), 1)
     # each answer's time and steps: its first search, plus its share of the check and re-search
     return {
