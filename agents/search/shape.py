@@ -102,23 +102,33 @@ class LandmarkShape:
 
 def similarity(
     source: ArrayLike, target: ArrayLike
-) -> tuple[float, NDArray[np.float64], NDArray[np.float64]]:
-    """The least-squares similarity ``target ~ scale * R @ source + t`` (Umeyama; a proper rotation)."""
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """The least-squares similarity ``target ~ scale * R @ source + t`` (Umeyama; a proper rotation).
+
+    ``source`` and ``target`` are ``(..., k, 3)``: one fit per leading index (a stack of point
+    sets at once); returns ``scale (...)``, ``R (..., 3, 3)`` and ``t (..., 3)``.
+    """
     src, dst = np.asarray(source, dtype=np.float64), np.asarray(target, dtype=np.float64)
-    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
-    a, b = src - mu_s, dst - mu_d
-    u, singular, vt = np.linalg.svd(b.T @ a / len(src))
-    d = np.ones(3)
-    d[2] = np.sign(np.linalg.det(u @ vt)) or 1.0
-    rotation = u @ np.diag(d) @ vt
-    variance = float(np.mean(np.sum(a**2, axis=1)))
-    scale = float(np.sum(singular * d) / variance) if variance > 0 else 1.0
-    return scale, rotation, mu_d - scale * rotation @ mu_s
+    mu_s, mu_d = src.mean(axis=-2), dst.mean(axis=-2)
+    a, b = src - mu_s[..., np.newaxis, :], dst - mu_d[..., np.newaxis, :]
+    covariance = np.einsum("...ki,...kj->...ij", b, a) / src.shape[-2]
+    u, singular, vt = np.linalg.svd(covariance)
+    sign = np.where(np.linalg.det(u @ vt) < 0, -1.0, 1.0)
+    d = np.ones(singular.shape)
+    d[..., 2] = sign
+    rotation = (u * d[..., np.newaxis, :]) @ vt
+    variance = np.mean(np.sum(a**2, axis=-1), axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(variance > 0, np.sum(singular * d, axis=-1) / variance, 1.0)
+    shift = mu_d - scale[..., np.newaxis] * np.einsum("...ij,...j->...i", rotation, mu_s)
+    return scale, rotation, shift
 
 
-def _apply(fit: tuple[float, NDArray, NDArray], points: NDArray) -> NDArray[np.float64]:
+def _apply(fit: tuple[NDArray, NDArray, NDArray], points: NDArray) -> NDArray[np.float64]:
+    """``points (n, 3)`` through one fit, or through a stack of fits: ``(..., n, 3)``."""
     scale, rotation, shift = fit
-    return scale * points @ rotation.T + shift
+    moved = np.einsum("...ij,nj->...ni", rotation, points)
+    return np.asarray(scale)[..., np.newaxis, np.newaxis] * moved + np.asarray(shift)[..., np.newaxis, :]
 
 
 def fit_shape(configurations: Sequence[Mapping[str, ArrayLike]], names: Sequence[str]) -> LandmarkShape:
@@ -195,23 +205,20 @@ def fit_answers(
     if len(triples) > MAX_TRIPLES:
         rng = np.random.default_rng(0)
         triples = [tuple(rng.choice(have, 3, replace=False)) for _ in range(MAX_TRIPLES)]
-    best: tuple[int, float] | None = None
-    chosen = None
-    for triple in triples:
-        index = list(triple)
-        source = shape.mean_mm[index]
-        if np.linalg.norm(np.cross(source[1] - source[0], source[2] - source[0])) < 1e-3:
-            continue  # collinear: no rotation
-        fit = similarity(source, points[index])
-        if not 0.5 <= fit[0] <= 2.0:
-            continue
-        residual = np.linalg.norm(_apply(fit, shape.mean_mm[have]) - points[have], axis=1)
-        inside = residual <= tolerance[have]
-        score = (int(inside.sum()), -float(np.sum(np.minimum(residual, tolerance[have]))))
-        if best is None or score > best:
-            best, chosen = score, inside
-    if chosen is None:
+    index = np.array(triples, dtype=np.int64)  # (T, 3)
+    source = shape.mean_mm[index]
+    area = np.linalg.norm(np.cross(source[:, 1] - source[:, 0], source[:, 2] - source[:, 0]), axis=1)
+    fits = similarity(source, points[index])  # every proposal at once
+    residual = np.linalg.norm(_apply(fits, shape.mean_mm[have]) - points[have], axis=2)  # (T, have)
+    inside = residual <= tolerance[have]
+    # collinear triples fix no rotation; an implausible scale is no anatomy
+    valid = (area >= 1e-3) & (fits[0] >= 0.5) & (fits[0] <= 2.0)
+    if not valid.any():
         return None
+    counts = np.where(valid, inside.sum(axis=1), -1)
+    spill = np.sum(np.minimum(residual, tolerance[have]), axis=1)
+    best = np.lexsort((np.arange(len(index)), spill, -counts))[0]  # most agree, then the tightest
+    chosen = inside[best]
     agreeing = have[chosen]
     for _ in range(3):  # refit on the answers that agree
         if len(agreeing) < 3:
@@ -228,7 +235,7 @@ def fit_answers(
             return None
     expected = _apply(fit, shape.mean_mm)
     residual = np.linalg.norm(expected - points, axis=1)
-    return ShapeFit(shape.names, expected, residual, tolerance * fit[0], len(agreeing), fit[0])
+    return ShapeFit(shape.names, expected, residual, tolerance * fit[0], len(agreeing), float(fit[0]))
 
 
 def _inside(variant: Variant, point: NDArray) -> bool:
