@@ -160,7 +160,7 @@ def test_a_miss_far_from_the_shape_is_searched_again_from_where_the_others_put_i
     for name in LANDMARK_NAMES:  # the others keep their answers
         if name != "T6_body":
             np.testing.assert_array_equal(checked[name].position_lps_mm, plain[name].position_lps_mm)
-    assert checked["T6_body"].seconds > plain["T6_body"].seconds
+    assert checked["T6_body"].steps > plain["T6_body"].steps  # the first search and the second
     # off (the default) or without a shape: the plain search
     off = detect_with_shape(world, variant, policy, SearchConfig(starts=1), shape)
     np.testing.assert_array_equal(off["T6_body"].position_lps_mm, plain["T6_body"].position_lps_mm)
@@ -199,7 +199,7 @@ def test_when_no_search_agrees_the_fitted_point_is_the_answer(dataset: Dataset, 
     # both searches at one point: the agent is taken at its word, whatever the shape says
     same = detect_with_shape(world, variant, _basin_policy(index, basin_mm=0.0, decoy_mm=30.0), config, shape)
     assert np.linalg.norm(same["T6_body"].position_lps_mm - truth) > 25.0
-    assert same["T6_body"].confidence > 0.0
+    assert 0.0 < same["T6_body"].confidence < 0.1  # kept, but flagged by its distance from the fit
 
 
 def _grid_centre_if_absent(variant, state, agent):
@@ -233,3 +233,24 @@ def test_an_answer_whose_shape_point_is_outside_the_scan_is_reported_absent(
 def test_search_config_refuses_a_bad_tolerance() -> None:
     with pytest.raises(ValueError, match="shape_tolerance_mm"):
         SearchConfig(shape_tolerance_mm=0.0)
+
+
+def test_answers_that_form_no_anatomy_keep_their_places_with_no_confidence(
+    dataset: Dataset, shape: LandmarkShape
+) -> None:
+    world = _world(dataset, "full")
+    variant = world.variant(0)
+    offsets = np.random.default_rng(5).normal(0.0, 12.0, (len(LANDMARK_NAMES), 3))  # voxels at 2 mm
+
+    def scattered(variant, state, agent):
+        level = state.level[agent]
+        shift = offsets[state.landmark[agent]] * LEVELS[-1] / LEVELS[level]
+        return variant.targets_zyx[level][state.landmark[agent]] + shift
+
+    config = SearchConfig(starts=1, shape_check=True)
+    plain = detect_landmarks(world, variant, _seeking(scattered), config=config)
+    checked = detect_with_shape(world, variant, _seeking(scattered), config, shape)
+    assert any(d.confidence > 0.5 for d in plain.values())
+    for name in LANDMARK_NAMES:
+        np.testing.assert_array_equal(checked[name].position_lps_mm, plain[name].position_lps_mm)
+        assert checked[name].confidence == 0.0

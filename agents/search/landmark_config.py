@@ -108,7 +108,8 @@ class Detection:
     of 4 phantoms, 3 error draws, 3 or 5 starts) its AUROC separating hits from misses was
     0.94-0.99, against 0.89-0.96 for the share of starts within ``w`` times the Q factor (the
     confidence before); no answer at confidence >= 0.5 (15-25 % of them) was a miss. With one
-    start the Q factor is the only signal. Not yet measured with a trained agent.
+    start the Q factor is the only signal. With ``shape_check`` the confidence is also multiplied
+    by the answer's agreement with the shape fit (:mod:`agents.search.shape`).
     """
 
     name: str

@@ -9,7 +9,9 @@ farther than its tolerance from its fitted point is a suspect: it is searched ag
 point at a finer level (``search.shape_restart_level``) and the new answer is kept when it is
 nearer to the fit; when neither is within the tolerance nor near the other, the fitted point
 itself is the answer (``search.shape_fallback``, confidence 0); when the fitted point is outside the scan, the
-landmark is reported absent.
+landmark is reported absent. Each answer's confidence is then multiplied by its agreement with
+the fit, ``exp(-d^2 / 2 tol^2)`` for ``d`` its distance from its fitted point; when the answers
+agree with no fit, every confidence is 0.
 The fit needs at least 4 answers that agree (and 15 % of those found; under half of them, tightly);
 otherwise nothing changes.
 """
@@ -262,7 +264,10 @@ def detect_with_shape(
     answers = {name: d.position_lps_mm if d.found else np.full(3, np.nan) for name, d in detections.items()}
     fit = fit_answers(shape, answers, config.shape_tolerance_mm)
     if fit is None:
-        return detections
+        if sum(d.found for d in detections.values()) < MIN_AGREEING:
+            return detections  # too few answers to try a fit
+        # the answers form no anatomy together (a cropped scan's, say): none is to be trusted
+        return {name: dataclasses.replace(d, confidence=0.0) for name, d in detections.items()}
     row = {name: i for i, name in enumerate(fit.names)}
     suspects = [name for name in fit.suspects if name in detections]
     outside = [name for name in suspects if not _inside(variant, fit.expected_lps_mm[row[name]])]
@@ -297,6 +302,11 @@ def detect_with_shape(
                 checked[name] = dataclasses.replace(
                     checked[name], position_lps_mm=expected.copy(), found=True, confidence=0.0
                 )
+    for name, detection in checked.items():  # an answer far from the fit is a likely miss
+        if detection.found and name in row:
+            distance = float(np.linalg.norm(detection.position_lps_mm - fit.expected_lps_mm[row[name]]))
+            agreement = float(np.exp(-0.5 * (distance / fit.tolerance_mm[row[name]]) ** 2))
+            checked[name] = dataclasses.replace(detection, confidence=detection.confidence * agreement)
     extra = (time.perf_counter() - began) / max(len(checked), 1)
     # each answer's time and steps: its first search, plus its share of the check and re-search
     return {
