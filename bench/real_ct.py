@@ -23,7 +23,11 @@ A registry step, run once by the user (never at train or evaluate time):
 5. when ``--templates`` (default ``data/real``, made by ``bench/real_anatomy.py prepare``) holds
    the MNI 2009c symmetric T1w and T2w templates (co-registered) and the CerebrA centroids,
    writes ``OUT/multimodal_manifest.csv``: the T1w for training (``t1_train``), a moved T1w
-   for validation, and the T1w and T2w as the test pair (truth: their shared landmarks).
+   for validation, and the T1w and T2w as the test pair (truth: their shared landmarks);
+6. when ``--slicerio-ct`` (default ``data/real_sdm/source/CTChest4.nrrd``, extracted by
+   ``bench/bench_real_sdm.py prepare``, which itself needs this folder first: run this step
+   again after it) exists, writes ``OUT/manifest_three_patients.csv``: ``manifest_two_patients``
+   plus that chest CT (a third patient, 3 x 3 x 10 mm, another scanner) for training.
 
 Training pairs are made by the rigid world (``configs/rigid_own_data.yaml``): moved,
 re-noised, optionally re-contrasted and cropped copies of each scan, the truth known exactly.
@@ -145,8 +149,27 @@ def multimodal_manifest(out: Path, templates: Path) -> Path | None:
     return atomic_write_text(out / "multimodal_manifest.csv", "\n".join(lines) + "\n")
 
 
-def prepare(out: Path, archives: list[Path] | None = None, templates: Path | None = None) -> None:
-    """Steps 1-5 of the module docstring."""
+def three_patient_manifest(out: Path, slicerio_ct: Path) -> Path | None:
+    """Step 6 of the module docstring; ``None`` (nothing written) when the scan is missing."""
+    if not slicerio_ct.is_file():
+        return None
+    rows = {
+        case: f"{case},images/{scan}_ct_3mm.nrrd,,{split},ct"
+        for case, scan, split in MANIFESTS["manifest_two_patients.csv"]
+    }
+    third = f"ctchest4,{os.path.relpath(slicerio_ct.resolve(), out.resolve())},,train,ct"
+    order = ("lung1", "ts_abdomen", third, "lung1_val", "lung2", "ts_chest")
+    lines = ["case_id,image,landmarks,split,modality", *(rows.get(item, item) for item in order)]
+    return atomic_write_text(out / "manifest_three_patients.csv", "\n".join(lines) + "\n")
+
+
+def prepare(
+    out: Path,
+    archives: list[Path] | None = None,
+    templates: Path | None = None,
+    slicerio_ct: Path | None = None,
+) -> None:
+    """Steps 1-6 of the module docstring."""
     unknown = [a for a in archives or [] if a.name not in {archive_name(p) for p in PACKAGES}]
     if unknown:
         expected = ", ".join(archive_name(p) for p in PACKAGES)
@@ -190,6 +213,10 @@ def prepare(out: Path, archives: list[Path] | None = None, templates: Path | Non
     written = multimodal_manifest(out, templates or ROOT / "data" / "real")
     if written is not None:
         print(f"real_ct: wrote {written} (T1w vs T2w, from {templates or ROOT / 'data' / 'real'})")
+    slicerio_ct = slicerio_ct or ROOT / "data" / "real_sdm" / "source" / "CTChest4.nrrd"
+    written = three_patient_manifest(out, slicerio_ct)
+    if written is not None:
+        print(f"real_ct: wrote {written} (a third training patient: {slicerio_ct})")
 
 
 def _provenance(licences: dict[str, tuple[Path, str]], facts: list[str]) -> str:
@@ -249,9 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument(
         "--templates", type=Path, default=None, help="bench/real_anatomy.py's OUT (data/real)"
     )
+    command.add_argument(
+        "--slicerio-ct",
+        type=Path,
+        default=None,
+        help="slicerio's CTChest4.nrrd (default data/real_sdm/source/, from bench/bench_real_sdm.py prepare)",
+    )
     args = parser.parse_args(argv)
     try:
-        prepare(args.out, args.archive, args.templates)
+        prepare(args.out, args.archive, args.templates, args.slicerio_ct)
     except (ValueError, OSError, subprocess.CalledProcessError, tarfile.TarError) as error:
         print(f"real_ct.py: {error}", file=sys.stderr)
         return 2
