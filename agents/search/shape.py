@@ -162,10 +162,10 @@ def fit_shape(configurations: Sequence[Mapping[str, ArrayLike]], names: Sequence
             warnings.simplefilter("ignore", RuntimeWarning)  # a landmark no scan aligned: NaN
             updated = np.nanmean(aligned, axis=0)
         present = ~np.isnan(updated[:, 0])
-        # keep the first scan's size: averaging aligned copies would shrink the mean a little each round
-        centred = updated - np.nanmean(updated, axis=0)
-        size = np.sqrt(np.nansum(centred[present] ** 2))
-        mean = updated * (reference_size / size) if size > 0 else updated
+        # keep the reference scan's size: averaging aligned copies shrinks the mean a little each round
+        centre = np.nanmean(updated, axis=0)
+        size = np.sqrt(np.nansum((updated[present] - centre) ** 2))
+        mean = centre + (updated - centre) * (reference_size / size) if size > 0 else updated
     distance_sq = np.sum((aligned - mean) ** 2, axis=2)
     present = ~np.isnan(distance_sq)
     spread = np.sqrt(np.nansum(distance_sq, axis=0) / np.maximum(present.sum(axis=0), 1))
