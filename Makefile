@@ -38,11 +38,12 @@ $(GYM_LATEST_STAMP): $(STAMP)
 	touch $@
 
 # Generates phantoms (once), trains a small agent for a few minutes, evaluates it on held-out
-# phantoms beside the oracle and the atlas baseline. Replaces runs/demo.
+# phantoms beside the oracle and the atlas baseline, in a new folder runs/demo-DATE (earlier
+# demos' folders are kept).
+DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	rm -rf runs/demo
-	$(PY) train.py configs/landmark_phantom.yaml --run-dir runs/demo
-	$(PY) evaluate.py runs/demo --baseline atlas --atlases 1
+	$(PY) train.py configs/landmark_phantom.yaml --run-dir $(DEMO_RUN)
+	$(PY) evaluate.py $(DEMO_RUN) --baseline atlas --atlases 1
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
