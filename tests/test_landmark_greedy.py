@@ -198,7 +198,9 @@ def test_resume_continues_a_greedy_run(greedy_run: Path, tmp_path: Path) -> None
     assert json.loads((copy / "state.json").read_text())["num_timesteps"] >= done + 200
 
 
-def test_train_writes_the_shape_and_evaluate_takes_search_settings(greedy_run: Path, tmp_path: Path) -> None:
+def test_train_writes_the_shape_and_evaluate_takes_search_settings(
+    greedy_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     shape = json.loads((greedy_run / "shape.json").read_text())
     assert shape["names"] == json.loads((greedy_run / "landmarks.json").read_text())["landmarks"]
     assert shape["cases"] >= 1
@@ -208,6 +210,18 @@ def test_train_writes_the_shape_and_evaluate_takes_search_settings(greedy_run: P
     assert evaluate_main(argv) == 0
     assert json.loads((out / "metrics.json").read_text())["agent"]["all"]["n"] == 10
     assert (greedy_run / "config.yaml").read_text() == config_before  # the run is not changed
+    older = tmp_path / "older"  # a run made before the check: its shape comes from its training data
+    shutil.copytree(greedy_run, older)
+    (older / "shape.json").unlink()
+    again = [str(older), "--search", "shape_check=true", "--search", "starts=1", "--out", str(tmp_path / "o")]
+    capsys.readouterr()
+    assert evaluate_main(again) == 0
+    assert "shape_check is skipped" not in capsys.readouterr().err  # fitted, not skipped
+
+    def errors(folder: Path) -> list[str]:
+        return [row["error_mm"] for row in csv.DictReader((folder / "errors.csv").open())]
+
+    assert errors(tmp_path / "o") == errors(out)  # the same shape, so the same answers
     for bad in ("shape_tolerance_mm=0", "no_such_key=1"):
         assert evaluate_main([str(greedy_run), "--search", bad, "--out", str(tmp_path / "bad")]) == 2
         assert not (tmp_path / "bad").exists()

@@ -50,16 +50,15 @@ def _check_landmarks(run: Run, dataset: Dataset, split: str, names: list[str]) -
         )
 
 
-def run_shape(run: Run, dataset: Dataset | None = None) -> LandmarkShape | None:
+def run_shape(run: Run) -> LandmarkShape | None:
     """The run's training landmark configuration for ``search.shape_check``: its ``shape.json``
-    (train.py writes it), else fitted to the training split of ``dataset`` (default: the run's own
-    data) for runs made before the check; None when neither exists (the check is then skipped,
-    with a note)."""
+    (train.py writes it), else fitted to the training split of the run's own data (runs made
+    before the check); None when neither exists (the check is then skipped, with a note)."""
     path = run.path / "shape.json"
     if path.is_file():
         return LandmarkShape.load(path)
     try:
-        dataset = dataset if dataset is not None else evaluation_dataset(run.experiment, None)
+        dataset = evaluation_dataset(run.experiment, None)
         cases = dataset.split("train")
         return fit_shape([dataset.load(case).landmarks for case in cases], run.landmark_names())
     except (ValueError, OSError):
@@ -86,7 +85,7 @@ def evaluate_run(
     world = make_world(experiment, dataset, split, augment=False, landmarks=names)
     policy = load_policy(run.policy_path(), (world.observation_space(), ACTIONS))
     methods: dict[str, Any] = {"agent": QNetworkPolicy(policy), "oracle": OraclePolicy()}
-    shape = run_shape(run, dataset) if experiment.search.shape_check else None
+    shape = run_shape(run) if experiment.search.shape_check else None  # the run's own training data
     rows: list[dict[str, Any]] = []
     first_detections: dict[str, Detection] | None = None
     for index in tqdm(range(world.n_variants), desc=f"evaluate {run.path.name}", unit="case"):
