@@ -23,7 +23,7 @@ import envs
 from agents.dqn import build_model, build_policy
 from agents.experiments.config import LandmarkExperiment
 from agents.experiments.data import evaluation_dataset, make_world, validation_split
-from agents.experiments.landmark_eval import evaluate_run
+from agents.experiments.landmark_eval import evaluate_run, training_shape
 from agents.experiments.metrics import summarise_runs
 from agents.experiments.monitor import training_callbacks, write_summary
 from agents.experiments.reports import (
@@ -43,7 +43,6 @@ from agents.experiments.runs import (
 )
 from agents.experiments.validation import landmark_score, validate
 from agents.greedy import GreedyConfig, LandmarkGreedyTrainer, train_with_callbacks
-from agents.search import fit_shape
 from envs.data import Dataset
 from envs.io.atomic import atomic_write_text, check_output_folder, new_folder
 
@@ -180,7 +179,7 @@ def _write_shape(run: Run, dataset: Dataset, names: list[str]) -> None:
     if path.is_file():
         return
     try:
-        shape = fit_shape([dataset.load(case).landmarks for case in dataset.split("train")], names)
+        shape = training_shape(dataset, names)
     except ValueError:
         return
     atomic_write_text(path, shape.to_json())

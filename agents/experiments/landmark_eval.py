@@ -30,7 +30,7 @@ from agents.search import (
 )
 from envs.data import Dataset
 
-__all__ = ["evaluate_run", "run_shape"]
+__all__ = ["evaluate_run", "run_shape", "training_shape"]
 
 ACTIONS = gym.spaces.Discrete(6)  # one step along +-x, +-y, +-z
 
@@ -50,6 +50,11 @@ def _check_landmarks(run: Run, dataset: Dataset, split: str, names: list[str]) -
         )
 
 
+def training_shape(dataset: Dataset, names: list[str]) -> LandmarkShape:
+    """The landmark configuration of ``dataset``'s training cases (ValueError: under 3 landmarks)."""
+    return fit_shape([dataset.load(case).landmarks for case in dataset.split("train")], names)
+
+
 def run_shape(run: Run) -> LandmarkShape | None:
     """The run's training landmark configuration for ``search.shape_check``: its ``shape.json``
     (train.py writes it), else fitted to the training split of the run's own data (runs made
@@ -58,9 +63,7 @@ def run_shape(run: Run) -> LandmarkShape | None:
     if path.is_file():
         return LandmarkShape.load(path)
     try:
-        dataset = evaluation_dataset(run.experiment, None)
-        cases = dataset.split("train")
-        return fit_shape([dataset.load(case).landmarks for case in cases], run.landmark_names())
+        return training_shape(evaluation_dataset(run.experiment, None), run.landmark_names())
     except (ValueError, OSError):
         print(
             f"evaluate.py: note: {run.path} has no shape.json and its data no annotated training "
