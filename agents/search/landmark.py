@@ -150,10 +150,11 @@ def detect_landmarks(
         last_q_max=np.zeros(count),
         last_q=np.full((count, len(ACTIONS_ZYX)), np.nan),
         final_lps=np.full((count, 3), np.nan),
+        subvoxel_pending=np.zeros(count, bool),
         recent=[[tuple(int(v) for v in p)] for p in start_zyx],
         recent_q=[[np.nan] for _ in start_zyx],
         recent_q_values=[[None] for _ in start_zyx],
-        trajectories_lps=[[variant.pyramid.lps_of_index(first_level, p)] for p in start_zyx],
+        trajectories=[[(first_level, *(int(v) for v in p))] for p in start_zyx],
     )
     size = world.patch_size
     max_total = config.max_steps_per_level * world.n_levels + 1
@@ -179,6 +180,7 @@ def detect_landmarks(
         for agent, action in zip(active, actions, strict=True):
             _advance(world, variant, state, int(agent), int(action), config)
     state.done[:] = True
+    _subvoxel_endings(variant, state)
     elapsed = time.perf_counter() - began
     return _summarise(world, variant, state, names, n_starts, elapsed, config)
 
@@ -225,18 +227,16 @@ def _advance(
                 members = np.array([recent[i] for i in cycle], dtype=np.float64)
                 state.final_lps[agent] = variant.pyramid.lps_of_index(level, members.mean(axis=0))
             elif config.final_point == "q_subvoxel":
-                offset = subvoxel_offset(end_q)
-                # On the grid's border a move out has no distance to compare: no offset along it.
-                offset[(candidate == 0) | (candidate == np.array([depth, height, width]) - 1)] = 0.0
-                state.final_lps[agent] = variant.pyramid.lps_of_index(level, candidate + offset)
+                state.subvoxel_pending[agent] = True  # from end_q at candidate: after the search
     state.position_zyx[agent] = candidate
     history = state.history_zyx[agent]
     history[1:] = history[:-1].copy()
     history[0] = candidate
-    recent.append(tuple(int(v) for v in candidate))
+    voxel = tuple(int(v) for v in candidate)
+    recent.append(voxel)
     recent_q.append(np.nan)
     state.recent_q_values[agent].append(None)
-    state.trajectories_lps[agent].append(variant.pyramid.lps_of_index(level, candidate))
+    state.trajectories[agent].append((level, *voxel))
     if oscillating or state.level_steps[agent] >= config.max_steps_per_level:
         if level + 1 < world.n_levels:
             point = variant.pyramid.lps_of_index(level, candidate)
@@ -255,6 +255,30 @@ def _advance(
             state.blocked[agent] = 0
         else:
             state.done[agent] = True
+
+
+def _subvoxel_endings(variant: Variant, state: AgentState) -> None:
+    """The ``q_subvoxel`` answers of every agent that ended so, in one batch: each agent's end
+    voxel moved by :func:`subvoxel_offset` of its Q-values there (``last_q``)."""
+    agents = np.flatnonzero(state.subvoxel_pending)
+    if agents.size == 0:
+        return
+    offsets = subvoxel_offset(state.last_q[agents])
+    for agent, offset in zip(agents, offsets, strict=True):
+        level, voxel = int(state.level[agent]), state.position_zyx[agent]
+        # On the grid's border a move out has no distance to compare: no offset along it.
+        offset[(voxel == 0) | (voxel == np.array(variant.pyramid.levels[level].shape_zyx) - 1)] = 0.0
+        state.final_lps[agent] = variant.pyramid.lps_of_index(level, voxel + offset)
+
+
+def _trajectory_lps(variant: Variant, trajectory: list[tuple[int, ...]]) -> NDArray[np.float64]:
+    """``(T, 3)`` LPS mm of a trajectory of ``(level, z, y, x)`` voxels."""
+    steps = np.array(trajectory, dtype=np.int64)
+    points = np.empty((len(steps), 3))
+    for level in np.unique(steps[:, 0]):
+        at = steps[:, 0] == level
+        points[at] = variant.pyramid.lps_of_index(int(level), steps[at, 1:])
+    return points
 
 
 def _summarise(
@@ -304,7 +328,7 @@ def _summarise(
             steps=int(state.steps[agents].sum()),
             seconds=elapsed / max(len(names), 1),
             start_positions_lps_mm=ends,
-            trajectories_lps_mm=[np.array(state.trajectories_lps[a]) for a in agents],
+            trajectories_lps_mm=[_trajectory_lps(variant, state.trajectories[a]) for a in agents],
             end_q_values=end_q,
         )
     return detections

@@ -48,12 +48,16 @@ class AgentState:
     last_q_max: NDArray[np.float64]  # (B,)
     last_q: NDArray[np.float64]  # (B, 6) the Q-values of each agent's last step
     final_lps: NDArray[np.float64]  # (B, 3) sub-voxel answer (cycle_mean, q_subvoxel), NaN until set
+    # (B,) True once an agent ended with ``q_subvoxel``: its offset is computed after the search,
+    # for every such agent in one batch, from ``last_q`` at ``position_zyx``
+    subvoxel_pending: NDArray[np.bool_]
     recent: list[list[tuple[int, ...]]] = field(default_factory=list)  # (z, y, x) per position
     # max Q when acting from each of ``recent``: the lowest marks where the agent expects no gain.
     recent_q: list[list[float]] = field(default_factory=list)
     # the 6 Q-values when acting from each of ``recent`` (``None`` until the agent acted there)
     recent_q_values: list[list[NDArray[np.float64] | None]] = field(default_factory=list)
-    trajectories_lps: list[list[NDArray]] = field(default_factory=list)
+    # (level, z, y, x) per visited voxel; LPS mm only when the search is summarised
+    trajectories: list[list[tuple[int, ...]]] = field(default_factory=list)
 
 
 class LandmarkPolicy(Protocol):
