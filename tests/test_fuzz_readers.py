@@ -59,7 +59,7 @@ def fresh(folder: Path, suffix: str) -> Path:
     return folder / f"case{next(_counter)}{suffix}"
 
 
-def outcome(read: Callable[[Path], object], path: Path) -> object | None:
+def assert_read_or_clear_error(read: Callable[[Path], object], path: Path) -> object | None:
     """``read(path)``, or ``None`` after checking that the error is one of the clear kinds."""
     try:
         return read(path)
@@ -111,7 +111,7 @@ def originals() -> dict[str, bytes]:
     return files
 
 
-def agrees_with_nibabel(volume: Volume, path: Path) -> None:
+def assert_agrees_with_nibabel(volume: Volume, path: Path) -> None:
     """An accepted NIfTI must read as nibabel (an independent reader) reads it: no silent repair."""
     try:
         image = nib.load(path)
@@ -142,9 +142,9 @@ def test_nifti_byte_mutations(folder: Path, name: str, data: st.DataObject) -> N
         content = gzip.compress(content, mtime=0) if compressed else content
     path = fresh(folder, ".nii.gz" if compressed else ".nii")
     path.write_bytes(content)
-    volume = outcome(read_volume, path)
+    volume = assert_read_or_clear_error(read_volume, path)
     if volume is not None:
-        agrees_with_nibabel(volume, path)
+        assert_agrees_with_nibabel(volume, path)
 
 
 NIFTI_FIELDS = {  # name: (offset, struct format, strategy)
@@ -179,9 +179,9 @@ def test_nifti_header_fields(folder: Path, name: str, data: st.DataObject) -> No
         header[offset : offset + len(packed)] = packed
     path = fresh(folder, ".nii.gz" if compressed else ".nii")
     path.write_bytes(gzip.compress(bytes(header), mtime=0) if compressed else bytes(header))
-    volume = outcome(read_volume, path)
+    volume = assert_read_or_clear_error(read_volume, path)
     if volume is not None:
-        agrees_with_nibabel(volume, path)
+        assert_agrees_with_nibabel(volume, path)
 
 
 @FUZZ
@@ -192,7 +192,7 @@ def test_nifti_header_fields(folder: Path, name: str, data: st.DataObject) -> No
 def test_nrrd_and_metaimage_byte_mutations(folder: Path, name: str, data: st.DataObject) -> None:
     path = fresh(folder, ".nrrd" if ".nrrd" in name else ".mha")
     path.write_bytes(data.draw(mutated(originals()[name])))
-    outcome(read_volume, path)
+    assert_read_or_clear_error(read_volume, path)
 
 
 # ====================================================================== structured text headers
@@ -235,7 +235,7 @@ def test_structured_nrrd_headers(folder: Path, case: tuple[bytes, dict[str, str]
     content, fields = case
     path = fresh(folder, ".nrrd")
     path.write_bytes(content)
-    volume = outcome(read_volume, path)
+    volume = assert_read_or_clear_error(read_volume, path)
     if isinstance(volume, Volume):  # accepted: the header's own numbers, not repaired ones
         sizes = [int(size) for size in fields["sizes"].split()]
         assert list(volume.size_xyz) == sizes[:3] + [1] * (3 - len(sizes[:3]))
@@ -278,7 +278,7 @@ def test_structured_metaimage_headers(folder: Path, case: tuple[bytes, dict[str,
     content, fields = case
     path = fresh(folder, ".mha")
     path.write_bytes(content)
-    volume = outcome(read_volume, path)
+    volume = assert_read_or_clear_error(read_volume, path)
     if isinstance(volume, Volume):
         sizes = [int(size) for size in fields["DimSize"].split()]
         assert list(volume.size_xyz) == sizes[:3] + [1] * (3 - len(sizes[:3]))
@@ -378,7 +378,7 @@ def landmark_text(draw: st.DrawFn, suffix: str) -> str:
     return "\n".join(lines) + draw(st.sampled_from(["\n", "", "\r\n"]))
 
 
-def valid_points(points: object, path: Path) -> None:
+def assert_valid_points(points: object, path: Path) -> None:
     assert isinstance(points, dict), f"{path}: accepted {points!r}"
     assert points, f"{path}: accepted an empty result"
     for name, point in points.items():
@@ -399,9 +399,9 @@ def test_random_csv_and_fcsv_files(folder: Path, suffix: str, data: st.DataObjec
         path.write_bytes(data.draw(mutated(text.encode())))
     else:
         path.write_text(text, encoding="utf-8", newline="")
-    points = outcome(read_landmarks, path)
+    points = assert_read_or_clear_error(read_landmarks, path)
     if points is not None:
-        valid_points(points, path)
+        assert_valid_points(points, path)
 
 
 JSON_VALUES = st.recursive(
@@ -449,9 +449,9 @@ def test_mrk_json_with_wrong_types(folder: Path, data: st.DataObject) -> None:
         path.write_bytes(data.draw(mutated(json.dumps(document).encode())))
     else:
         path.write_text("[" * 100_000 + "]" * 100_000)
-    points = outcome(read_landmarks, path)
+    points = assert_read_or_clear_error(read_landmarks, path)
     if points is not None:
-        valid_points(points, path)
+        assert_valid_points(points, path)
 
 
 # ====================================================================== manifests
@@ -482,7 +482,7 @@ def test_random_csv_manifests(manifest_folder: Path, data: st.DataObject) -> Non
     text = "\n".join(rows) + "\n"
     path = fresh(manifest_folder, ".csv")
     path.write_bytes(data.draw(mutated(text.encode())) if data.draw(st.booleans()) else text.encode())
-    cases = outcome(read_manifest, path)
+    cases = assert_read_or_clear_error(read_manifest, path)
     if cases is not None:
         ids = [case.case_id for case in cases]
         assert len(ids) == len(set(ids)), f"{path}: duplicate case ids accepted"
@@ -518,6 +518,6 @@ def test_random_yaml_manifests(manifest_folder: Path, data: st.DataObject) -> No
     path.write_bytes(
         data.draw(mutated(text.encode())) if text and data.draw(st.booleans()) else text.encode()
     )
-    cases = outcome(read_manifest, path)
+    cases = assert_read_or_clear_error(read_manifest, path)
     if cases is not None:
         assert all(case.image.is_file() for case in cases)

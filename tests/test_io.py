@@ -670,7 +670,7 @@ def test_csv_variants(tmp_path: Path, text: str) -> None:
 
 
 # ====================================================================== landmark errors
-def landmark_error(tmp_path: Path, name: str, text: str, *phrases: str) -> None:
+def assert_landmark_refused(tmp_path: Path, name: str, text: str, *phrases: str) -> None:
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(ValueError, match=re.escape(str(path))) as error:
@@ -686,7 +686,9 @@ def test_missing_landmark_file(tmp_path: Path) -> None:
 
 
 def test_unsupported_landmark_suffix(tmp_path: Path) -> None:
-    landmark_error(tmp_path, "points.xlsx", "name,x\n", "unsupported landmark file suffix", ".mrk.json")
+    assert_landmark_refused(
+        tmp_path, "points.xlsx", "name,x\n", "unsupported landmark file suffix", ".mrk.json"
+    )
     with pytest.raises(ValueError, match="unsupported landmark file suffix"):
         write_landmarks(LANDMARKS, tmp_path / "points.json")
     assert set(LANDMARK_SUFFIXES) == {".csv", ".fcsv", ".mrk.json"}
@@ -708,11 +710,11 @@ def test_unsupported_landmark_suffix(tmp_path: Path) -> None:
     ],
 )
 def test_duplicate_landmark_name(tmp_path: Path, name: str, text: str) -> None:
-    landmark_error(tmp_path, name, text, "duplicate landmark name 'apex'", "unique")
+    assert_landmark_refused(tmp_path, name, text, "duplicate landmark name 'apex'", "unique")
 
 
 def test_duplicate_name_reports_both_lines(tmp_path: Path) -> None:
-    landmark_error(
+    assert_landmark_refused(
         tmp_path,
         "dup.csv",
         "name,x_lps,y_lps,z_lps\napex,1,2,3\nbase,4,5,6\napex,7,8,9\n",
@@ -734,14 +736,14 @@ def test_duplicate_name_reports_both_lines(tmp_path: Path) -> None:
     ],
 )
 def test_unknown_coordinate_system(tmp_path: Path, name: str, text: str) -> None:
-    landmark_error(tmp_path, name, text, "unknown coordinate system", "LPS, RAS")
+    assert_landmark_refused(tmp_path, name, text, "unknown coordinate system", "LPS, RAS")
     with pytest.raises(ValueError, match="unknown coordinate system"):
         write_landmarks(LANDMARKS, tmp_path / "out.fcsv", coordinate_system="IJK")
     assert not (tmp_path / "out.fcsv").exists()
 
 
 def test_csv_without_coordinate_system(tmp_path: Path) -> None:
-    landmark_error(
+    assert_landmark_refused(
         tmp_path,
         "plain.csv",
         "name,x,y,z\napex,1,2,3\n",
@@ -752,7 +754,7 @@ def test_csv_without_coordinate_system(tmp_path: Path) -> None:
 
 
 def test_csv_comment_contradicting_columns(tmp_path: Path) -> None:
-    landmark_error(
+    assert_landmark_refused(
         tmp_path, "mixed.csv", "# coordinate_system = RAS\nname,x_lps,y_lps,z_lps\napex,1,2,3\n", "agree"
     )
 
@@ -811,7 +813,7 @@ def test_empty_landmark_file(tmp_path: Path, name: str, text: str) -> None:
     ],
 )
 def test_malformed_landmark_rows(tmp_path: Path, name: str, text: str, phrases: tuple[str, ...]) -> None:
-    landmark_error(tmp_path, name, text, *phrases)
+    assert_landmark_refused(tmp_path, name, text, *phrases)
 
 
 @pytest.mark.parametrize(
@@ -822,7 +824,7 @@ def test_malformed_landmark_rows(tmp_path: Path, name: str, text: str, phrases: 
     ],
 )
 def test_non_finite_landmark_coordinates(tmp_path: Path, name: str, text: str) -> None:
-    landmark_error(tmp_path, name, text, "not finite", "apex", "line 2")
+    assert_landmark_refused(tmp_path, name, text, "not finite", "apex", "line 2")
 
 
 @pytest.mark.parametrize(
