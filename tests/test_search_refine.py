@@ -93,6 +93,30 @@ def test_oracle_q_subvoxel_goes_below_the_grid_floor(world: LandmarkWorld) -> No
     assert np.all(errors["q_subvoxel"][on_border] <= errors["min_q"][on_border] + 1e-9)
 
 
+def test_trajectories_walk_one_voxel_a_step_from_the_start_to_the_answer(world: LandmarkWorld) -> None:
+    variant = world.variant(world.variant_index("full", 1))
+    start = variant.pyramid.lps_of_index(0, np.array(variant.pyramid.levels[0].shape_zyx) // 2)
+    config = SearchConfig(final_point="q_subvoxel")
+    detections = detect_landmarks(world, variant, OraclePolicy(), config=config, starts_lps_mm=start[None])
+    spacings = np.array(LEVELS)
+    for name, detection in detections.items():
+        (path,) = detection.trajectories_lps_mm
+        assert path.shape[1] == 3, name
+        assert len(path) >= 2, name
+        np.testing.assert_allclose(path[0], start, atol=1e-9)
+        # Within a level each step moves one voxel of that level along one axis. The few others
+        # end a level: back into the oscillation cycle (at most 2 voxels), then re-snapped to the
+        # finer grid (at most half a coarser voxel per axis) and one finer step.
+        steps = np.linalg.norm(np.diff(path, axis=0), axis=1)
+        one_voxel = np.isclose(steps[:, None], spacings[None], atol=1e-6).any(axis=1)
+        assert np.count_nonzero(~one_voxel) <= 2 * len(LEVELS), name
+        assert np.all(steps[~one_voxel] <= 2 * spacings[0] + 1e-6), name
+        for spacing in spacings:
+            assert np.isclose(steps, spacing, atol=1e-6).any(), f"{name}: no step of {spacing} mm"
+        # The sub-voxel answer lies within half a finest voxel (per axis) of the path's last voxel.
+        assert np.all(np.abs(detection.position_lps_mm - path[-1]) <= FINEST_MM / 2 + 1e-6), name
+
+
 # ---------------------------------------------------------------------- consensus and confidence
 def _decoy_policy(decoy_starts: set[int], n_starts: int, shift_mm: float):
     """The oracle, except that starts in ``decoy_starts`` seek a point ``shift_mm`` off in x."""
