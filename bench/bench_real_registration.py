@@ -3,7 +3,7 @@
     python bench/real_ct.py prepare --out data/real_ct                       # once
     python train.py configs/rigid_own_data.yaml --set train.max_minutes=15 --run-dir runs/real_ct
     python bench/bench_real_registration.py runs/real_ct [--trials 10] [--misalignments 15 30 45 60]
-        [--conditions mono partial] [--baselines sitk sitk-moments elastix]
+        [--conditions mono partial] [--baselines sitk sitk-moments elastix] [--ensemble RUN2 RUN3]
 
 The run is trained self-supervised on the training scans of the manifest (by default lung1 and
 ts_abdomen: moved, re-noised, cropped copies of themselves); the benchmark registers each test
@@ -16,7 +16,8 @@ its SimpleITK fallback: the product as ``evaluate.py --register`` runs it), ``si
 versor rigid + Mattes MI from the same start) and ``sitk-moments`` (SimpleITK from its moments
 initialisation, as a user runs it on two scans), and with ``--baselines ... elastix``
 elastix's default rigid map (``pip install itk-elastix==0.25.4``: the ``medgym[elastix]`` extra).
-Success: mean TRE over control points < 2 mm.
+Success: mean TRE over control points < 2 mm. ``--ensemble`` averages the Q-values of other runs'
+networks (e.g. other seeds of the same config) with RUN's at every step of the search.
 Prints a table and saves bench/results/real_registration.json.
 
 The real multimodal pair (T1w vs T2w, co-registered MNI 2009c templates from
@@ -63,6 +64,7 @@ def bench(
     pairing: str | None = None,
     baselines: tuple[str, ...] = ("sitk", "sitk-moments"),
     conditions: tuple[str, ...] = ("mono",),
+    ensemble: tuple[Path, ...] = (),
 ) -> dict:
     """Every method on ``trials`` pairs per misalignment of ``split``; the figures as a dict.
 
@@ -84,7 +86,10 @@ def bench(
         experiment = replace(experiment, env=replace(experiment.env, pairing=pairing, **frameless))
     dataset = Dataset.from_manifest(manifest)
     world = make_alignment_world(experiment, dataset, split, training=False)
-    policy = load_policy(opened.policy_path(), (world.observation_space(), spaces.Discrete(world.n_actions)))
+    spaces_ = (world.observation_space(), spaces.Discrete(world.n_actions))
+    policy = load_policy(opened.policy_path(), spaces_)
+    if ensemble:  # the mean Q-values of this run's network and theirs (QNetworkPolicy)
+        policy = [policy, *(load_policy(open_run(other).policy_path(), spaces_) for other in ensemble)]
     began = time.perf_counter()
     metrics, rows = evaluate_rigid(
         experiment,
@@ -113,6 +118,7 @@ def bench(
     training = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     return {
         "run": str(run),
+        "ensemble": [str(other) for other in ensemble],
         "manifest": str(manifest),
         "split": split,
         "trials": trials,
@@ -145,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=("mono", "partial", "multimodal"),
         help="mono: moved, re-noised copies; partial: cropped to a 40-70 %% slab; multimodal: re-contrasted",
     )
+    parser.add_argument(
+        "--ensemble",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="other runs (e.g. other seeds) whose networks' Q-values are averaged with RUN's",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "real_registration.json")
     args = parser.parse_args(argv)
     set_torch_threads(1)
@@ -159,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             args.pairing,
             baselines,
             tuple(args.conditions),
+            tuple(args.ensemble),
         )
     except (ValueError, OSError) as error:
         print(f"bench_real_registration.py: {error}", file=sys.stderr)

@@ -99,7 +99,9 @@ class AlignmentPolicy(Protocol):
 
 
 class QNetworkPolicy:
-    """Q-values from a stable-baselines3 DQN policy (one batched forward pass).
+    """Q-values from a stable-baselines3 DQN policy (one batched forward pass), or the mean
+    Q-values of several (an ensemble: networks of other seeds or runs with the same
+    observation and action spaces; one forward pass each).
 
     It reads only the observations, so it is both a :class:`LandmarkPolicy` and an
     :class:`AlignmentPolicy`.
@@ -108,14 +110,21 @@ class QNetworkPolicy:
     def __init__(self, policy: Any) -> None:
         import torch
 
-        self.policy = policy
+        self.policies = list(policy) if isinstance(policy, (list, tuple)) else [policy]
+        if not self.policies:
+            raise ValueError("QNetworkPolicy: expected a policy or a non-empty list of policies")
+        self.policy = self.policies[0]
         self._torch = torch
-        policy.set_training_mode(False)
+        for member in self.policies:
+            member.set_training_mode(False)
 
     def __call__(self, observations: dict[str, NDArray], *context: object) -> NDArray[np.float64]:
         with self._torch.no_grad():
             tensor, _ = self.policy.obs_to_tensor(observations)
-            return self.policy.q_net(tensor).cpu().numpy().astype(np.float64)
+            q = self.policy.q_net(tensor).cpu().numpy().astype(np.float64)
+            for member in self.policies[1:]:
+                q += member.q_net(tensor).cpu().numpy()
+            return q / len(self.policies) if len(self.policies) > 1 else q
 
 
 class OraclePolicy:
