@@ -124,7 +124,7 @@ class QNetworkPolicy:
             q = self.policy.q_net(tensor).cpu().numpy().astype(np.float64)
             for member in self.policies[1:]:
                 q += member.q_net(tensor).cpu().numpy()
-            return q / len(self.policies) if len(self.policies) > 1 else q
+            return q / len(self.policies)  # exact for one network (x / 1.0 == x)
 
 
 class OraclePolicy:
