@@ -81,10 +81,16 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
         try:
             # after this session's first checkpoint, at a random moment of the next stretch
             _wait_for(lambda before=before: _steps(run) > before, process, log)
-            time.sleep(rng.uniform(0.0, 1.5))
+            moment = time.monotonic() + rng.uniform(0.0, 1.5)
+            while time.monotonic() < moment and process.poll() is None:
+                time.sleep(0.01)
+            finished = process.poll() is not None  # a fast machine can finish within the wait
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait()
+        if finished:
+            assert process.returncode == 0, log.read_text()[-3000:]
+            break
         killed_at.append(_steps(run))
         if killed_at[-1] >= TOTAL:
             break
@@ -97,6 +103,7 @@ def test_kill_9_at_random_moments_then_resume_completes_a_valid_run(
     killed_and_resumed: tuple[Path, list[int], Path],
 ) -> None:
     run, killed_at, log = killed_and_resumed
+    assert len(killed_at) >= KILLS - 1, killed_at  # the last kill may come after the run finished
     assert all(0 < step < TOTAL for step in killed_at), killed_at  # every kill landed mid-training
     state = _strict_json(run / "state.json")
     assert state["num_timesteps"] == TOTAL
