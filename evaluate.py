@@ -8,6 +8,7 @@
     python evaluate.py runs/landmark_phantom-20261125-101500 [more runs ...]
         [--data MANIFEST] [--split test] [--baseline atlas] [--gif] [--out DIR]
     python evaluate.py runs/landmark_phantom-sweep-20261125-101500     (a sweep: its finished trials)
+    python evaluate.py RUN_SEED0 RUN_SEED1 RUN_SEED2 --ensemble [--register ... | --predict ...]
     python evaluate.py RUN --predict scan1.nii.gz scan2.nrrd --out predictions/
     python evaluate.py RUN --predict scans/ manifest.csv --workers 8 [--ray-address auto]
 
@@ -17,7 +18,8 @@ For every run: the agent's search on every case of the split, beside the oracle 
 the true distance: the floor that the finest step sets) and optionally a baseline (landmarks:
 register training volumes to each test volume with SimpleITK and carry their landmarks;
 registration: SimpleITK, elastix). Writes metrics.json, a CSV of every result, metrics.md and
-PNG plots; several landmark runs (training seeds) are summarised as mean +- std. A ``task: custom``
+PNG plots; several landmark runs (training seeds) are summarised as mean +- std, or, with
+``--ensemble``, searched as one agent (landmark and rigid runs: their Q-values averaged). A ``task: custom``
 run (any Gymnasium env) is scored by seeded episodes of its greedy policy: return, and the final
 ``distance_mm`` / ``tre_mm`` and success where the env's info has them (episodes.csv). Bad input
 prints one line (``evaluate.py: error: ...``) and exits with status 2.
@@ -35,6 +37,7 @@ from agents.experiments import (
     ConfigError,
     Run,
     apply_overrides,
+    ensemble_of,
     evaluate_custom_runs,
     evaluate_landmark_runs,
     evaluate_registration_run,
@@ -115,7 +118,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--episodes", type=int, help="custom task: episodes per run (default: the run's evaluate.episodes)"
     )
-    parser.add_argument("--out", type=Path, help="output folder (default RUN/eval-SPLIT; custom: RUN/eval)")
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="landmark and rigid runs: search with the runs as one agent, averaging their networks' "
+        "Q-values at every step (runs of one config, e.g. other seeds); the first run gives the search "
+        "settings and data. Outputs go to RUN/eval-SPLIT-ensemble (predictions-ensemble, "
+        "registrations-ensemble)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default RUN/eval-SPLIT; custom: RUN/eval; see --ensemble)"
+    )
     parser.add_argument(
         "--predict",
         nargs="+",
@@ -143,7 +156,7 @@ REGISTRATION_ONLY = ("register", "misalignments", "trials", "conditions", "png",
 LANDMARK_ONLY = ("predict", "gif", "atlases", "workers", "ray_address", "search")
 CUSTOM_ONLY = ("episodes",)
 # What a custom run reads: its own env config; the data and method flags are the medgym tasks'.
-NOT_CUSTOM = (*REGISTRATION_ONLY, *LANDMARK_ONLY, "data", "split", "baseline")
+NOT_CUSTOM = (*REGISTRATION_ONLY, *LANDMARK_ONLY, "data", "split", "baseline", "ensemble")
 # Flags that a --predict / --register call does not read (it works on the given files only).
 EVALUATION_ONLY = (
     "data",
@@ -229,6 +242,9 @@ def evaluate(args: argparse.Namespace) -> int:
         runs = [with_search(run, args.search) for run in runs]
     for run in runs:  # a damaged checkpoint is named now, before any folder is made
         read_checkpoint(run.policy_path(), "evaluate.py")
+    if args.ensemble:  # one agent: the first run, the others its members
+        _each_once(runs)
+        runs = [ensemble_of(runs)]
     if args.out is not None:
         check_output_folder(args.out)
     if tasks[0] == "custom":
@@ -261,7 +277,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.predict:
         if len(runs) != 1:
             raise ValueError("--predict takes exactly one run folder")
-        out = args.out or runs[0].path / "predictions"
+        out = args.out or runs[0].path / ("predictions-ensemble" if runs[0].members else "predictions")
         scans = prediction_inputs(args.predict)
         written = predict(runs[0], scans, out, workers=args.workers or 1, ray_address=args.ray_address)
         listing = ", ".join(str(path.relative_to(out)) for path in written) or "nothing"

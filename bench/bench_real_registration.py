@@ -73,11 +73,19 @@ def bench(
     """
     from gymnasium import spaces
 
-    from agents.checkpoints import load_policy
-    from agents.experiments import evaluate_rigid, make_alignment_world, markdown_table, open_run
+    from agents.experiments import (
+        ensemble_of,
+        evaluate_rigid,
+        load_policies,
+        make_alignment_world,
+        markdown_table,
+        open_run,
+    )
     from envs.data import Dataset
 
     opened = open_run(run)
+    if ensemble:  # the mean Q-values of this run's network and theirs (evaluate.py --ensemble)
+        opened = ensemble_of([opened, *(open_run(other) for other in ensemble)])
     experiment = opened.experiment
     experiment = replace(experiment, search=replace(experiment.search, refine="sitk", guard=True))
     if pairing is not None:
@@ -87,9 +95,7 @@ def bench(
     dataset = Dataset.from_manifest(manifest)
     world = make_alignment_world(experiment, dataset, split, training=False)
     spaces_ = (world.observation_space(), spaces.Discrete(world.n_actions))
-    policy = load_policy(opened.policy_path(), spaces_)
-    if ensemble:  # the mean Q-values of this run's network and theirs (QNetworkPolicy)
-        policy = [policy, *(load_policy(open_run(other).policy_path(), spaces_) for other in ensemble)]
+    policy = load_policies(opened, spaces_)
     began = time.perf_counter()
     metrics, rows = evaluate_rigid(
         experiment,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,14 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rigid_run(cache: Path) -> Path:
     run = cache.parent / "rigid_run"
     assert train_main([*_args("configs/rigid_phantom.yaml", RIGID, cache), "--run-dir", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def rigid_run_seed1(cache: Path) -> Path:
+    run = cache.parent / "rigid_run_seed1"
+    args = _args("configs/rigid_phantom.yaml", [*RIGID, "seed=1"], cache)
+    assert train_main([*args, "--run-dir", str(run)]) == 0
     return run
 
 
@@ -149,6 +159,66 @@ def test_evaluate_register_writes_files_slicer_and_simpleitk_read(
     assert io.read_volume(out / "warped.nii.gz").shape_zyx == fixed.shape_zyx
     assert (out / "trajectory.csv").read_text().startswith("step,level,tx_mm")
     assert json.loads((out / "registration.json").read_text())["fallback"] in (None, "sitk")
+
+
+def _agent_results(out: Path) -> list[tuple[str, ...]]:
+    """registrations.csv's agent rows without their timings: case, condition, start, TRE before, after."""
+    rows = csv.DictReader((out / "registrations.csv").open())
+    keys = ("case_id", "condition", "misalignment", "before_mm", "after_mm", "steps")
+    return [tuple(row[key] for key in keys) for row in rows if row["method"] == "agent"]
+
+
+def test_an_ensemble_registers_with_the_mean_of_its_networks(
+    rigid_run: Path, rigid_run_seed1: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(rigid_run, copy)  # the same weights
+    common = ["--trials", "3", "--misalignments", "30", "--conditions", "mono", "--png", "0"]
+    assert evaluate_main([str(rigid_run), *common, "--out", str(tmp_path / "one")]) == 0
+    assert (
+        evaluate_main([str(rigid_run), str(copy), "--ensemble", *common, "--out", str(tmp_path / "same")])
+        == 0
+    )
+    assert evaluate_main([str(rigid_run_seed1), *common, "--out", str(tmp_path / "other")]) == 0
+    pair = [str(rigid_run), str(rigid_run_seed1), "--ensemble", *common]
+    assert evaluate_main([*pair, "--out", str(tmp_path / "pair")]) == 0
+    one, other, both = (_agent_results(tmp_path / name) for name in ("one", "other", "pair"))
+    assert len(one) == 3
+    # two equal networks average to the same Q-values: the same registrations, step for step
+    assert _agent_results(tmp_path / "same") == one
+    # two different networks: the same pairs and starts, other answers than either network's alone
+    assert [row[:4] for row in both] == [row[:4] for row in one]
+    assert both not in (one, other)
+    assert "ensemble of rigid_run + rigid_run_seed1" in (tmp_path / "pair" / "metrics.md").read_text()
+
+
+def test_register_with_an_ensemble_writes_beside_the_single_runs_registrations(
+    rigid_run: Path, rigid_run_seed1: Path, cache: Path, tmp_path: Path
+) -> None:
+    fixed_path = next(cache.rglob("phantom_test_000*.nii.gz"))
+    moving_path = tmp_path / "moving.nrrd"
+    io.write_volume(io.read_volume(fixed_path), moving_path)
+    argv = [
+        str(rigid_run),
+        str(rigid_run_seed1),
+        "--ensemble",
+        "--register",
+        str(fixed_path),
+        str(moving_path),
+    ]
+    assert evaluate_main(argv) == 0
+    out = rigid_run / "registrations-ensemble" / fixed_path.name.split(".")[0]
+    assert sitk.ReadTransform(str(out / "transform.tfm")).GetNumberOfParameters() == 6
+    assert json.loads((out / "registration.json").read_text())["steps"] > 0
+
+
+def test_sdm_runs_and_mixed_tasks_are_not_ensembled(
+    rigid_run: Path, sdm_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert evaluate_main([str(sdm_run), str(sdm_run), "--ensemble"]) == 2
+    assert "is given twice" in capsys.readouterr().err
+    assert evaluate_main([str(rigid_run), str(sdm_run), "--ensemble"]) == 2
+    assert "mix tasks" in capsys.readouterr().err
 
 
 def test_dqn_also_trains_on_the_rigid_env(cache: Path, tmp_path: Path) -> None:

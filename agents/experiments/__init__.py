@@ -14,6 +14,7 @@ The map:
   the registration evaluation.
 - :mod:`~agents.experiments.custom_env`: ``task: custom`` (any Gymnasium env, by id or entry point,
   wrapped): its config and env factory; :mod:`~agents.experiments.custom`: its training and evaluation.
+- :mod:`~agents.experiments.ensemble`: several runs searched as one agent (``evaluate.py --ensemble``).
 - :mod:`~agents.experiments.metrics`: error summaries, success rates, Dice;
   :mod:`~agents.experiments.reports`: CSV / Markdown tables, plots, GIF.
 """
@@ -61,6 +62,7 @@ from agents.experiments.data import (
     validation_split,
 )
 from agents.experiments.dispatch import train_experiment
+from agents.experiments.ensemble import ensemble_of, load_policies
 from agents.experiments.landmark import evaluate_landmark_runs, train_landmark
 from agents.experiments.landmark_eval import evaluate_run
 from agents.experiments.loading import (
@@ -188,6 +190,7 @@ __all__ = [
     "compute_metrics",
     "create_run",
     "custom_score",
+    "ensemble_of",
     "episode_metrics",
     "evaluate_custom_runs",
     "evaluate_landmark_runs",
@@ -204,6 +207,7 @@ __all__ = [
     "landmark_score",
     "load_experiment",
     "load_object",
+    "load_policies",
     "make_alignment_world",
     "make_world",
     "markdown_table",

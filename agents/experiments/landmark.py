@@ -23,6 +23,7 @@ import envs
 from agents.dqn import build_model, build_policy
 from agents.experiments.config import LandmarkExperiment
 from agents.experiments.data import evaluation_dataset, make_world, validation_split
+from agents.experiments.ensemble import describe
 from agents.experiments.landmark_eval import evaluate_run, training_shape
 from agents.experiments.metrics import summarise_runs
 from agents.experiments.monitor import training_callbacks, write_summary
@@ -262,7 +263,7 @@ def evaluate_landmark_runs(
         raise ValueError(f"--atlases: expected >= 1, got {atlases}")
     names = run_output_names([run.path for run in runs])
     folders = [
-        out / name if out and len(runs) > 1 else (out or run.path / f"eval-{split}")
+        out / name if out and len(runs) > 1 else (out or run.eval_folder(split))
         for run, name in zip(runs, names, strict=True)
     ]
     for folder in folders:
@@ -279,7 +280,7 @@ def evaluate_landmark_runs(
         per_run[f"{len(per_run)}:{run.path}"] = metrics
         write_csv(folder / "errors.csv", rows)
         atomic_write_text(folder / "metrics.json", json_text(metrics))
-        table = landmark_markdown(metrics, f"{run.path.name}: split {split} ({dataset.source})")
+        table = landmark_markdown(metrics, f"{describe(run)}: split {split} ({dataset.source})")
         atomic_write_text(folder / "metrics.md", table)
         plot_errors(rows, folder / "errors_per_landmark.png")
         print(table)

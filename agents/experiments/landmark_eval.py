@@ -14,8 +14,8 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from agents.checkpoints import load_policy
 from agents.experiments.data import evaluation_dataset, make_world
+from agents.experiments.ensemble import load_policies
 from agents.experiments.metrics import metrics_from_rows
 from agents.experiments.reports import plot_trajectories
 from agents.experiments.runs import Run
@@ -86,8 +86,8 @@ def evaluate_run(
     # A landmark annotated in no case of the split is unknown there, not absent: it is not scored.
     annotated = set(dataset.landmark_names([split]))
     world = make_world(experiment, dataset, split, augment=False, landmarks=names)
-    policy = load_policy(run.policy_path(), (world.observation_space(), ACTIONS))
-    methods: dict[str, Any] = {"agent": QNetworkPolicy(policy), "oracle": OraclePolicy()}
+    policy = QNetworkPolicy(load_policies(run, (world.observation_space(), ACTIONS)))
+    methods: dict[str, Any] = {"agent": policy, "oracle": OraclePolicy()}
     shape = run_shape(run) if experiment.search.shape_check else None  # the run's own training data
     rows: list[dict[str, Any]] = []
     first_detections: dict[str, Detection] | None = None

@@ -28,8 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from agents.checkpoints import load_policy
 from agents.experiments.data import make_world
+from agents.experiments.ensemble import load_policies
 from agents.experiments.landmark_eval import run_shape
 from agents.experiments.reports import prediction_stems, volume_stem, write_csv
 from agents.experiments.runs import Run, open_run
@@ -157,7 +157,7 @@ def predict(
         del variants  # the workers read their own scans
         results = _fan_out(run, volumes, workers, ray_address, shape)
     else:
-        policy = QNetworkPolicy(load_policy(run.policy_path(), (world.observation_space(), ACTIONS)))
+        policy = QNetworkPolicy(load_policies(run, (world.observation_space(), ACTIONS)))
         results = (
             _search(run, world, policy, index, variants[index], shape) for index in range(len(volumes))
         )
@@ -236,18 +236,21 @@ def _search(
 
 
 def _search_chunk(
-    run_path: str, scans: list[tuple[int, str]], search: SearchConfig, shape: LandmarkShape | None
+    run_paths: list[str], scans: list[tuple[int, str]], search: SearchConfig, shape: LandmarkShape | None
 ) -> list[tuple[int, dict[str, Any], float]]:
-    """A Ray task: the searches of some scans, ``(index, path)``, with the run's best policy, the
-    caller's search settings (``evaluate.py --search`` may have changed the run's) and shape."""
+    """A Ray task: the searches of some scans, ``(index, path)``, with the run's best policy (and
+    its ensemble members', the runs after the first), the caller's search settings
+    (``evaluate.py --search`` may have changed the run's) and shape."""
     from agents.networks import set_torch_threads
 
     set_torch_threads(1)
-    run = open_run(run_path)
-    run = dataclasses.replace(run, experiment=dataclasses.replace(run.experiment, search=search))
+    run, *members = (open_run(path) for path in run_paths)
+    run = dataclasses.replace(
+        run, experiment=dataclasses.replace(run.experiment, search=search), members=tuple(members)
+    )
     indices, volumes = [i for i, _ in scans], [Path(p) for _, p in scans]
     world = _world(run, volumes, indices, run.landmark_names())
-    policy = QNetworkPolicy(load_policy(run.policy_path(), (world.observation_space(), ACTIONS)))
+    policy = QNetworkPolicy(load_policies(run, (world.observation_space(), ACTIONS)))
     return [_search(run, world, policy, index, world.variant(k), shape) for k, index in enumerate(indices)]
 
 
@@ -269,7 +272,8 @@ def _fan_out(
         scans = [(i, str(path.resolve())) for i, path in enumerate(volumes)]
         chunks = [scans[start : start + size] for start in range(0, len(scans), size)]
         search = run.experiment.search
-        pending = [task.remote(str(run.path.resolve()), chunk, search, shape) for chunk in chunks]
+        paths = [str(member.path.resolve()) for member in (run, *run.members)]
+        pending = [task.remote(paths, chunk, search, shape) for chunk in chunks]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:

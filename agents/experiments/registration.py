@@ -23,7 +23,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
 import envs
-from agents.checkpoints import load_policy
 from agents.dqn import build_model, build_policy
 from agents.experiments.config import RigidExperiment, SdmExperiment
 from agents.experiments.data import (
@@ -34,6 +33,7 @@ from agents.experiments.data import (
     sdm_samples,
     validation_split,
 )
+from agents.experiments.ensemble import describe, load_policies
 from agents.experiments.monitor import training_callbacks, write_summary
 from agents.experiments.registration_eval import evaluate_rigid, evaluate_sdm
 from agents.experiments.reports import (
@@ -252,8 +252,8 @@ def evaluate_registration_run(
     if png < 0:
         raise ValueError(f"--png: expected >= 0, got {png}")
     if not register_volumes:
-        check_output_folder(out or run.path / f"eval-{split}")
-    policy_path = run.policy_path()
+        check_output_folder(out or run.eval_folder(split))
+    run.policy_paths()  # a run (or an ensemble member) without a checkpoint is named now
     if register_volumes and data is None:
         # Registering given files needs the run's settings, not its data set: a lazy phantom
         # stands in (never generated) so that nothing is written or loaded.
@@ -266,12 +266,12 @@ def evaluate_registration_run(
         else prepare_sdm(experiment, dataset, run.path / "sdm.npz")
     )
     if register_volumes:
-        return register_files(run, experiment, policy_path, dataset, bundle, register_volumes, out)
+        return register_files(run, experiment, dataset, bundle, register_volumes, out)
     if not dataset.split(split):
         raise ValueError(f"{dataset.source}: split {split!r} has no cases; choose --split train/val/test")
     world = make_alignment_world(experiment, dataset, split, training=False, bundle=bundle)
-    policy = load_policy(policy_path, (world.observation_space(), gym.spaces.Discrete(world.n_actions)))
-    out = out or run.path / f"eval-{split}"
+    policy = load_policies(run, (world.observation_space(), gym.spaces.Discrete(world.n_actions)))
+    out = out or run.eval_folder(split)
     out.mkdir(parents=True, exist_ok=True)
     pictures: list[Path] = []
 
@@ -301,7 +301,7 @@ def evaluate_registration_run(
         )
     write_csv(out / "registrations.csv", rows)
     atomic_write_text(out / "metrics.json", json_text(metrics))
-    table = markdown_table(metrics, f"{run.path.name}: split {split} ({dataset.source})")
+    table = markdown_table(metrics, f"{describe(run)}: split {split} ({dataset.source})")
     atomic_write_text(out / "metrics.md", table)
     plot = plot_success(metrics, out / "success_vs_misalignment.png")
     print(table)
@@ -314,7 +314,6 @@ def evaluate_registration_run(
 def register_files(
     run: Run,
     experiment: AlignmentExperiment,
-    policy_path: Path,
     dataset: Dataset,
     bundle: SdmBundle | None,
     volumes: Sequence[Path],
@@ -332,7 +331,8 @@ def register_files(
             f"--register: expected {'FIXED MOVING' if rigid else 'FIXED'} ({expected} file(s)), "
             f"got {len(volumes)}"
         )
-    out = out or run.path / "registrations" / volume_stem(volumes[0])
+    folder = "registrations-ensemble" if run.members else "registrations"
+    out = out or run.path / folder / volume_stem(volumes[0])
     check_output_folder(out)
     names = ("transform.tfm", "displacement.nii.gz", "warped.nii.gz", "warped_labels.nii.gz")
     existing = [
@@ -354,7 +354,7 @@ def register_files(
         images.append(image)
     fixed, moving = images[0], images[1] if rigid else None
     policy = QNetworkPolicy(
-        load_policy(policy_path, (world.observation_space(), gym.spaces.Discrete(world.n_actions)))
+        load_policies(run, (world.observation_space(), gym.spaces.Discrete(world.n_actions)))
     )
     answer, result = register(fixed, moving, policy, world, config=experiment.search)
     written = write_registration(

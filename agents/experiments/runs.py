@@ -116,6 +116,9 @@ class Run:
     # None when the run folder existed (empty) before. Never set for an opened run.
     made_folder: Path | None = field(default=None, compare=False, repr=False)
     new: bool = field(default=False, compare=False, repr=False)
+    # An ensemble (evaluate.py --ensemble): other runs whose networks' Q-values are averaged with
+    # this run's at every step of a search (agents.experiments.ensemble checks that they match).
+    members: tuple[Run, ...] = ()
 
     @property
     def checkpoints(self) -> Path:
@@ -143,6 +146,14 @@ class Run:
             f"run {self.path}: no checkpoint in {self.checkpoints} (best.pt or latest.pt); "
             "the run stopped before its first checkpoint; train longer or resume it"
         )
+
+    def policy_paths(self) -> list[Path]:
+        """The checkpoint of this run, then of each ensemble member (see :attr:`members`)."""
+        return [self.policy_path(), *(member.policy_path() for member in self.members)]
+
+    def eval_folder(self, split: str) -> Path:
+        """evaluate.py's default output folder for ``split`` (an ensemble's: ``eval-SPLIT-ensemble``)."""
+        return self.path / (f"eval-{split}-ensemble" if self.members else f"eval-{split}")
 
     def landmark_names(self) -> list[str]:
         """The landmarks the run's model was trained on, in its output order."""
