@@ -109,8 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--search",
         action="append",
         metavar="KEY=VALUE",
-        help="landmark task: evaluate with this search setting instead of the run's (e.g. starts=5, "
-        "shape_check=true; see SearchConfig); repeat for several. The run folder is not changed",
+        help="evaluate with this search setting instead of the run's (landmark: e.g. starts=5, "
+        "shape_check=true, see SearchConfig; rigid: e.g. symmetric=true, refine=sitk, see AlignConfig); "
+        "repeat for several. The run folder is not changed",
     )
     parser.add_argument(
         "--gif", action="store_true", help="landmark task: also write an animated GIF of one search"
@@ -153,10 +154,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # Flags that only one kind of run reads: given for the other kind, they are refused.
 REGISTRATION_ONLY = ("register", "misalignments", "trials", "conditions", "png", "refine")
-LANDMARK_ONLY = ("predict", "gif", "atlases", "workers", "ray_address", "search")
+LANDMARK_ONLY = ("predict", "gif", "atlases", "workers", "ray_address")
 CUSTOM_ONLY = ("episodes",)
 # What a custom run reads: its own env config; the data and method flags are the medgym tasks'.
-NOT_CUSTOM = (*REGISTRATION_ONLY, *LANDMARK_ONLY, "data", "split", "baseline", "ensemble")
+NOT_CUSTOM = (*REGISTRATION_ONLY, *LANDMARK_ONLY, "data", "split", "baseline", "ensemble", "search")
 # Flags that a --predict / --register call does not read (it works on the given files only).
 EVALUATION_ONLY = (
     "data",

@@ -1,7 +1,8 @@
 """Real-anatomy landmark benchmark: train on one real scan, test on held-out moved scans, vs the atlas.
 
     python bench/bench_real_landmarks.py [--data data/real] [--sets afids cerebra] [--minutes M]
-        [--set KEY=VALUE ...] [--skip-train SET=RUN ...] [--out bench/results/real_landmarks.json]
+        [--set KEY=VALUE ...] [--skip-train SET=RUN ...] [--ensemble SET=RUN ...]
+        [--out bench/results/real_landmarks.json]
     python bench/bench_real_landmarks.py --compare BEFORE.json AFTER.json
 
 Needs ``python bench/real_anatomy.py prepare --out data/real`` first (nothing is downloaded
@@ -14,6 +15,8 @@ spacing, oblique header or grid, cropped field of view, bias and noise, contrast
 and the atlas's mean / median / p95 / max error (mm), share of errors > 10 mm (a landmark not
 found counts as one) and ms per landmark, and the training minutes. ``--compare`` prints the
 agent's figures of two saved results side by side, per data set and condition (nothing is run).
+``--ensemble SET=RUN`` (repeatable) evaluates the set's run together with RUN as one agent
+(``evaluate.py --ensemble``: their Q-values averaged).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def by_condition(errors_csv: Path, conditions: dict[str, Any]) -> dict[str, dict
 
 
 def absent_handling(
-    run: Path, folder: Path, data: Path, conditions: dict[str, Any], out: Path, search: list[str]
+    runs: list[str], folder: Path, data: Path, conditions: dict[str, Any], out: Path, search: list[str]
 ) -> dict:
     """``evaluate.py RUN --predict`` on the scans with absent landmarks: which does the agent report?"""
     cases = {case_id: spec for case_id, spec in conditions.items() if spec["absent"]}
@@ -104,9 +107,7 @@ def absent_handling(
         for row in csv.DictReader((data / "manifest.csv").open(newline="", encoding="utf-8"))
         if row["case_id"] in cases
     }
-    run_process(
-        "evaluate.py", [str(run), "--predict", *map(str, images.values()), *search, "--out", str(out)]
-    )
+    run_process("evaluate.py", [*runs, "--predict", *map(str, images.values()), *search, "--out", str(out)])
     report = {}
     for case_id, image in images.items():
         stem = image.name.split(".")[0]
@@ -152,12 +153,15 @@ def bench_set(name: str, args: argparse.Namespace, stamp: str) -> dict[str, Any]
     folder = run / f"bench-real-{stamp}"
     baseline = [] if args.no_atlas else ["--baseline", "atlas"]
     search = [item for setting in args.search for item in ("--search", setting)]
-    evaluate = [str(run), *baseline, *search, "--out", str(folder / "test")]
+    members = [item.split("=", 1)[1] for item in args.ensemble if item.split("=", 1)[0] == name]
+    runs = [str(run), *members, *(["--ensemble"] if members else [])]
+    evaluate = [*runs, *baseline, *search, "--out", str(folder / "test")]
     evaluate_minutes = run_process("evaluate.py", evaluate)
     table = by_condition(folder / "test" / "errors.csv", conditions)
-    absent = absent_handling(run, folder, data, conditions, folder / "predict_absent", search)
+    absent = absent_handling(runs, folder, data, conditions, folder / "predict_absent", search)
     return {
         "run": str(run),
+        "ensemble": members,
         "manifest": str(manifest),
         "train": train,
         "evaluate_minutes": evaluate_minutes,
@@ -228,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--search", action="append", default=[], metavar="KEY=VALUE", help="evaluate.py --search setting"
     )
+    parser.add_argument(
+        "--ensemble", action="append", default=[], metavar="SET=RUN", help="evaluate with RUN as one agent"
+    )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
     parser.add_argument(
         "--no-atlas", action="store_true", help="agent and oracle only (the atlas takes ~90 s a scan)"
@@ -243,9 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--compare: {', '.join(missing)} not found; pass two JSON files this script saved")
         print("\n".join(compare(*args.compare)))
         return 0
-    for item in args.skip_train:
-        if "=" not in item or item.split("=", 1)[0] not in args.sets:
-            parser.error(f"--skip-train {item}: expected SET=RUN with SET one of {args.sets}")
+    for flag, items in (("--skip-train", args.skip_train), ("--ensemble", args.ensemble)):
+        for item in items:
+            if "=" not in item or item.split("=", 1)[0] not in args.sets:
+                parser.error(f"{flag} {item}: expected SET=RUN with SET one of {args.sets}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = {name: bench_set(name, args, stamp) for name in args.sets}
     document = {

@@ -4,6 +4,7 @@
     python train.py configs/rigid_own_data.yaml --set train.max_minutes=15 --run-dir runs/real_ct
     python bench/bench_real_registration.py runs/real_ct [--trials 10] [--misalignments 15 30 45 60]
         [--conditions mono partial] [--baselines sitk sitk-moments elastix] [--ensemble RUN2 RUN3]
+        [--symmetric true|false]
 
 The run is trained self-supervised on the training scans of the manifest (by default lung1 and
 ts_abdomen: moved, re-noised, cropped copies of themselves); the benchmark registers each test
@@ -65,6 +66,7 @@ def bench(
     baselines: tuple[str, ...] = ("sitk", "sitk-moments"),
     conditions: tuple[str, ...] = ("mono",),
     ensemble: tuple[Path, ...] = (),
+    search: dict | None = None,
 ) -> dict:
     """Every method on ``trials`` pairs per misalignment of ``split``; the figures as a dict.
 
@@ -87,7 +89,9 @@ def bench(
     if ensemble:  # the mean Q-values of this run's network and theirs (evaluate.py --ensemble)
         opened = ensemble_of([opened, *(open_run(other) for other in ensemble)])
     experiment = opened.experiment
-    experiment = replace(experiment, search=replace(experiment.search, refine="sitk", guard=True))
+    experiment = replace(
+        experiment, search=replace(experiment.search, refine="sitk", guard=True, **(search or {}))
+    )
     if pairing is not None:
         # random frames are for training self pairs only; the test worlds are frameless anyway
         frameless = {"frame_motion": (0.0, 0.0), "frame_scale": 0.0, "frame_elastic_mm": 0.0}
@@ -165,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RUN",
         help="other runs (e.g. other seeds) whose networks' Q-values are averaged with RUN's",
     )
+    parser.add_argument(
+        "--symmetric",
+        choices=("true", "false"),
+        help="search.symmetric for this benchmark (default: the run's): the inverse search too, averaged",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "real_registration.json")
     args = parser.parse_args(argv)
     set_torch_threads(1)
@@ -180,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             baselines,
             tuple(args.conditions),
             tuple(args.ensemble),
+            {} if args.symmetric is None else {"symmetric": args.symmetric == "true"},
         )
     except (ValueError, OSError) as error:
         print(f"bench_real_registration.py: {error}", file=sys.stderr)

@@ -192,6 +192,18 @@ def test_an_ensemble_registers_with_the_mean_of_its_networks(
     assert "ensemble of rigid_run + rigid_run_seed1" in (tmp_path / "pair" / "metrics.md").read_text()
 
 
+def test_search_settings_reach_a_registration_run(rigid_run: Path, tmp_path: Path) -> None:
+    common = ["--trials", "2", "--misalignments", "30", "--conditions", "mono", "--png", "0"]
+    assert evaluate_main([str(rigid_run), *common, "--out", str(tmp_path / "plain")]) == 0
+    symmetric = [*common, "--search", "symmetric=true", "--out", str(tmp_path / "symmetric")]
+    assert evaluate_main([str(rigid_run), *symmetric]) == 0
+    plain, both = _agent_results(tmp_path / "plain"), _agent_results(tmp_path / "symmetric")
+    assert [row[:4] for row in both] == [row[:4] for row in plain]  # the same pairs and starts
+    # the inverse search runs too: more steps for every registration
+    assert all(int(b[5]) > int(p[5]) for b, p in zip(both, plain, strict=True))
+    assert "symmetric: false" in (rigid_run / "config.yaml").read_text()  # the run is not changed
+
+
 def test_register_with_an_ensemble_writes_beside_the_single_runs_registrations(
     rigid_run: Path, rigid_run_seed1: Path, cache: Path, tmp_path: Path
 ) -> None:

@@ -436,6 +436,11 @@ class SdmExperiment:
         if self.task != "sdm":
             raise ConfigError(f"config task: expected 'sdm', got {self.task!r}")
         _check_data(self.data)
+        if self.search.symmetric:
+            raise ConfigError(
+                "config search.symmetric: rigid runs only (an SDM agent warps its atlas, whose inverse "
+                "it was never trained on); set it to false"
+            )
         if self.data.manifest is not None and self.sdm.atlas is None:
             raise ConfigError(
                 "config sdm.atlas: a manifest needs an atlas (sdm.atlas.image, and labels/landmarks) to warp"

@@ -12,6 +12,8 @@ The map:
   training scans' landmark configuration (:class:`LandmarkShape`), suspects searched again.
 - :mod:`agents.search.align`: :func:`align` on a transform's parameters and
   :func:`refine_alignment` (SimpleITK polish of a rigid answer).
+- :mod:`agents.search.symmetric`: the inverse registration searched too and the two answers
+  averaged (``AlignConfig.symmetric``).
 - :mod:`agents.search.guard`: :func:`guard_alignment`, the plausibility guard of a rigid answer
   (bounds from the start, similarity vs the start and a moments initialisation) and its
   SimpleITK fallback.
@@ -43,6 +45,7 @@ from agents.search.policies import (
 )
 from agents.search.register import register, write_registration
 from agents.search.shape import LandmarkShape, ShapeFit, detect_with_shape, fit_answers, fit_shape
+from agents.search.symmetric import swapped_pair, with_inverse_search
 
 __all__ = [
     "AGREEMENT_VOX",
@@ -73,5 +76,7 @@ __all__ = [
     "scored_detections",
     "start_points",
     "subvoxel_offset",
+    "swapped_pair",
+    "with_inverse_search",
     "write_registration",
 ]

@@ -4,8 +4,10 @@ Parameters are integers in :data:`envs.tasks.UNIT` per mm, degree or standard de
 action moves one parameter by the current level's step. A level ends when the search returns
 to one of its last ``oscillation_window`` transforms (oscillation) or after
 ``max_steps_per_level`` steps; the next level takes smaller steps from there, and the finest
-level's end is the answer. :func:`refine_alignment` optionally polishes a rigid answer with a
-short SimpleITK optimisation.
+level's end is the answer. With ``AlignConfig.symmetric`` a rigid search also runs the other
+way (the moving volume as the fixed one) and the two answers are averaged
+(:mod:`agents.search.symmetric`). :func:`refine_alignment` optionally polishes a rigid answer
+with a short SimpleITK optimisation.
 """
 
 from __future__ import annotations
@@ -50,6 +52,15 @@ class AlignConfig:
             the moments initialisation, flagged) or ``"none"`` (refused: no result is written).
         max_translation_mm, max_rotation_deg: the bounds of the answer's change from the start
             per translation and rotation angle; 0 takes 1.5 times the world's misalignment range.
+        symmetric: rigid only: also search the inverse registration (moving volume as the fixed
+            one, from the inverse start) and answer the average of the two transforms (mean of the
+            mapped control points, refitted). A learnt agent's answer on a scan it never saw sits a
+            few millimetres off, and the inverse search's error mostly points the other way:
+            held-out real CTs, one network alone 30-50 % below 2 mm, symmetric 90-100 %
+            (README). Twice the search time.
+        symmetric_tolerance_mm: when the two answers disagree by more than this (mean distance of
+            the mapped control points, mm), one of them has left its basin: the one with the
+            higher mutual information is kept instead of the average.
     """
 
     oscillation_window: int = 4
@@ -63,6 +74,8 @@ class AlignConfig:
     fallback: str = "sitk"
     max_translation_mm: float = 0.0
     max_rotation_deg: float = 0.0
+    symmetric: bool = False
+    symmetric_tolerance_mm: float = 10.0
 
     def __post_init__(self) -> None:
         if self.oscillation_window < 2:
@@ -81,6 +94,10 @@ class AlignConfig:
             raise ValueError(
                 f"search.fallback: expected 'sitk' (SimpleITK replaces an implausible answer) or 'none' "
                 f"(refuse it), got {self.fallback!r}"
+            )
+        if not self.symmetric_tolerance_mm > 0:
+            raise ValueError(
+                f"search.symmetric_tolerance_mm: expected > 0 (mm), got {self.symmetric_tolerance_mm}"
             )
         if not (self.max_translation_mm >= 0 and self.max_rotation_deg >= 0):
             raise ValueError(
@@ -123,11 +140,30 @@ def align(
     ``policy(observations, pair, params, level)`` returns Q-values ``(1, n_actions)`` (an
     :class:`~agents.search.policies.AlignmentPolicy`: a ``QNetworkPolicy``, an
     ``AlignmentOracle`` or any function of that signature). ``start_params`` are in mm / degrees
-    / standard deviations; the answer's parameters are too.
+    / standard deviations; the answer's parameters are too. With ``config.symmetric`` (rigid
+    worlds) the inverse search runs too and the answer is the two's average
+    (:func:`agents.search.symmetric.with_inverse_search`).
 
     Raises:
         ValueError: ``start_params`` without ``world.n_params`` values.
     """
+    result = _search(world, pair, policy, start_params, config)
+    if config.symmetric and isinstance(world, RigidWorld):
+        from agents.search.symmetric import with_inverse_search
+
+        start = result.trajectory_params[0]
+        return with_inverse_search(world, pair, policy, start, result, config)
+    return result
+
+
+def _search(
+    world: AlignmentWorld,
+    pair: AlignmentPair,
+    policy: AlignmentPolicy,
+    start_params: NDArray | None,
+    config: AlignConfig,
+) -> Alignment:
+    """One greedy search (see :func:`align`)."""
     began = time.perf_counter()
     params = (
         np.rint(np.asarray(start_params, np.float64) * UNIT).astype(np.int64)

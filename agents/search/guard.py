@@ -53,6 +53,7 @@ __all__ = [
     "check_answer",
     "guard_alignment",
     "guard_bounds",
+    "similarity",
 ]
 
 BOUND_FACTOR = 1.5
@@ -186,6 +187,12 @@ class _Similarity:
             centre_zyx = np.array(ndimage.center_of_mass(weights)) * 2.0
             centres.append(volume.index_to_lps(centre_zyx[::-1]))
         return np.concatenate([centres[1] - centres[0], np.zeros(3)])
+
+
+def similarity(world: AlignmentWorld, pair: AlignmentPair) -> _Similarity:
+    """The guard's measure for ``pair``: called with rigid parameters (mm, degrees about the
+    pair's centre) it returns the negative mutual information there (lower is more similar)."""
+    return _Similarity(world, pair)
 
 
 def check_answer(

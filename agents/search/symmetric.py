@@ -1,0 +1,97 @@
+"""Symmetric rigid search: register both ways and average the two answers.
+
+On a scan it never saw, a learnt agent's answer sits a few millimetres off the truth, in a
+direction of its own (a bias of the network, the same from every start). Searching the inverse
+registration too (the moving volume as the fixed one, from the inverse start) gives a second
+answer whose error mostly points the other way; the average of the two transforms (each fixed
+control point mapped by the forward answer and by the inverse of the backward one, the mean
+refitted as one rigid transform) cancels much of it. Held-out real chest CTs, one network
+alone: 30-50 % of registrations below 2 mm; symmetric: 90-100 % (README).
+
+When the two answers disagree by more than ``AlignConfig.symmetric_tolerance_mm`` one search
+has left its basin, and averaging would only halve that: the answer with the higher mutual
+information (the guard's measure, on the finest level) is kept instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agents.search.align import AlignConfig, Alignment, align, with_final_answer
+from agents.search.policies import AlignmentPolicy
+from envs.core import apply_rigid, body_centre_lps, euler_matrix, rigid_fit
+from envs.tasks import AlignmentPair, RigidWorld
+
+__all__ = ["inverse_points", "swapped_pair", "with_inverse_search"]
+
+
+def inverse_points(params: NDArray, center_lps_mm: NDArray, points_lps_mm: NDArray) -> NDArray[np.float64]:
+    """``T^-1(q)`` for the rigid ``T(p) = R (p - c) + c + t`` of ``params`` (points ``(N, 3)``, LPS mm)."""
+    values = np.asarray(params, np.float64)
+    center = np.asarray(center_lps_mm, np.float64)
+    # p = R^T (q - c - t) + c; for row vectors (q - c - t) @ R
+    return (np.asarray(points_lps_mm, np.float64) - center - values[:3]) @ euler_matrix(values[3:6]) + center
+
+
+def swapped_pair(world: RigidWorld, pair: AlignmentPair) -> AlignmentPair:
+    """The inverse registration of ``pair``: its moving volume as the fixed one and vice versa.
+
+    The observation grid is centred on the (new) fixed volume's body; the control points swap
+    roles, so the truth (when known) is the inverse of ``pair``'s.
+    """
+    center = body_centre_lps(pair.moving.levels[0])
+    origins, patches = world.observation_grids(pair.moving, center)
+    fixed_points, moving_points = pair.control_moving_lps_mm, pair.control_fixed_lps_mm
+    known = np.all(np.isfinite(fixed_points))
+    truth = rigid_fit(fixed_points, moving_points, center)[0] if known else np.zeros(6)
+    swapped = AlignmentPair(
+        f"{pair.case_id} (inverse)",
+        pair.moving,
+        pair.fixed,
+        center,
+        origins,
+        patches,
+        fixed_points,
+        moving_points,
+        truth,
+    )
+    return world.with_edges(swapped)
+
+
+def with_inverse_search(
+    world: RigidWorld,
+    pair: AlignmentPair,
+    policy: AlignmentPolicy,
+    start: NDArray,
+    forward: Alignment,
+    config: AlignConfig,
+) -> Alignment:
+    """``forward`` (the search of ``pair`` from ``start``) averaged with the inverse search's answer.
+
+    The result is ``forward`` with the combined answer appended to its trajectory (at the
+    finest level); ``steps`` and ``seconds`` count both searches.
+    """
+    began = time.perf_counter()
+    inverse = swapped_pair(world, pair)
+    points = pair.control_fixed_lps_mm  # known for every pair (a grid over the fixed body)
+    center = pair.center_lps_mm
+    # The inverse start: S^-1 about the inverse pair's centre (fitted on S's own point pairs).
+    inverse_start, _ = rigid_fit(apply_rigid(start, center, points), points, inverse.center_lps_mm)
+    backward = align(world, inverse, policy, inverse_start, replace(config, symmetric=False))
+    ahead = apply_rigid(forward.params, center, points)
+    back = inverse_points(backward.params, inverse.center_lps_mm, points)
+    disagreement = float(np.mean(np.linalg.norm(ahead - back, axis=1)))
+    if disagreement <= config.symmetric_tolerance_mm:
+        params, _ = rigid_fit(points, (ahead + back) / 2.0, center)
+    else:
+        from agents.search.guard import similarity
+
+        measure = similarity(world, pair)
+        backward_params, _ = rigid_fit(points, back, center)
+        params = min((forward.params, backward_params), key=measure)  # negative MI: lower is better
+    combined = with_final_answer(world, pair, forward, params, began, world.n_levels - 1)
+    return replace(combined, steps=forward.steps + backward.steps)
