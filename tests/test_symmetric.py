@@ -9,7 +9,7 @@ import pytest
 
 from agents.experiments import ConfigError, SdmExperiment
 from agents.search import AlignConfig, AlignmentOracle, align, swapped_pair
-from agents.search.symmetric import inverse_points
+from agents.search.symmetric import body_coverage, inverse_points
 from envs.core import apply_rigid, rigid_fit
 from envs.data import Dataset
 from envs.phantom import PhantomConfig, phantom_dataset
@@ -122,8 +122,27 @@ def test_the_combined_answer_is_the_mean_of_the_mapped_points(world: RigidWorld)
     np.testing.assert_allclose(params, pair.truth, atol=0.05)
 
 
+def test_a_slab_is_never_searched_as_the_fixed_volume(dataset: Dataset, world: RigidWorld) -> None:
+    """Partial overlap: the moving volume is a 40-70 % slab; the inverse search (the slab as the fixed
+    volume, which the agent never trained on) is skipped and the forward answer stands."""
+    slabs = RigidWorld(dataset, "test", variants_per_case=2, partial_fov=1.0, **RIGID)
+    pair = slabs.pair(1)  # variant 1: cropped
+    assert body_coverage(pair) < SYMMETRIC.symmetric_min_coverage
+    assert body_coverage(world.pair(1)) > SYMMETRIC.symmetric_min_coverage  # a whole moved copy
+    biased = aiming_at(slabs, lambda pair: BIAS)
+    start = pair.truth + 10.0
+    forward = align(slabs, pair, biased, start)
+    both = align(slabs, pair, biased, start, SYMMETRIC)
+    assert both.steps == forward.steps
+    assert both.error_mm == forward.error_mm
+    always = dataclasses.replace(SYMMETRIC, symmetric_min_coverage=0.0)
+    assert align(slabs, pair, biased, start, always).steps > forward.steps
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="symmetric_tolerance_mm: expected > 0"):
         AlignConfig(symmetric=True, symmetric_tolerance_mm=0.0)
+    with pytest.raises(ValueError, match=r"symmetric_min_coverage: expected 0\.\.1"):
+        AlignConfig(symmetric_min_coverage=1.5)
     with pytest.raises(ConfigError, match=r"search\.symmetric: rigid runs only"):
         SdmExperiment(search=SYMMETRIC)

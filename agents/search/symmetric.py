@@ -10,7 +10,10 @@ alone: 30-50 % of registrations below 2 mm; symmetric: 90-100 % (README).
 
 When the two answers disagree by more than ``AlignConfig.symmetric_tolerance_mm`` one search
 has left its basin, and averaging would only halve that: the answer with the higher mutual
-information (the guard's measure, on the finest level) is kept instead.
+information (the guard's measure, on the finest level) is kept instead. When the moving
+volume's body is much smaller than the fixed one's (a slab, a cut field of view:
+``AlignConfig.symmetric_min_coverage``) the inverse search, with that part as its fixed
+volume, is not run: the agent never trained on a partial fixed volume.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from numpy.typing import NDArray
 
 from agents.search.align import AlignConfig, Alignment, align, with_final_answer
 from agents.search.policies import AlignmentPolicy
-from envs.core import apply_rigid, body_centre_lps, euler_matrix, rigid_fit
+from envs.core import apply_rigid, body_centre_lps, body_mask, euler_matrix, rigid_fit
 from envs.tasks import AlignmentPair, RigidWorld
 
-__all__ = ["inverse_points", "swapped_pair", "with_inverse_search"]
+__all__ = ["body_coverage", "inverse_points", "swapped_pair", "with_inverse_search"]
 
 
 def inverse_points(params: NDArray, center_lps_mm: NDArray, points_lps_mm: NDArray) -> NDArray[np.float64]:
@@ -35,6 +38,15 @@ def inverse_points(params: NDArray, center_lps_mm: NDArray, points_lps_mm: NDArr
     center = np.asarray(center_lps_mm, np.float64)
     # p = R^T (q - c - t) + c; for row vectors (q - c - t) @ R
     return (np.asarray(points_lps_mm, np.float64) - center - values[:3]) @ euler_matrix(values[3:6]) + center
+
+
+def body_coverage(pair: AlignmentPair) -> float:
+    """The moving volume's body over the fixed volume's, by volume (finest level, every 2nd voxel)."""
+    volumes = []
+    for level in (pair.fixed.levels[-1], pair.moving.levels[-1]):
+        voxels = body_mask(level.voxels[::2, ::2, ::2]).sum()
+        volumes.append(float(voxels) * float(np.prod(level.spacing_xyz_mm)))
+    return volumes[1] / volumes[0] if volumes[0] > 0 else 0.0
 
 
 def swapped_pair(world: RigidWorld, pair: AlignmentPair) -> AlignmentPair:
@@ -70,12 +82,15 @@ def with_inverse_search(
     forward: Alignment,
     config: AlignConfig,
 ) -> Alignment:
-    """``forward`` (the search of ``pair`` from ``start``) averaged with the inverse search's answer.
+    """``forward`` (the search of ``pair`` from ``start``) averaged with the inverse search's answer
+    (``forward`` itself when the moving body covers less than ``config.symmetric_min_coverage``).
 
     The result is ``forward`` with the combined answer appended to its trajectory (at the
     finest level); ``steps`` and ``seconds`` count both searches.
     """
     began = time.perf_counter()
+    if body_coverage(pair) < config.symmetric_min_coverage:
+        return forward
     inverse = swapped_pair(world, pair)
     points = pair.control_fixed_lps_mm  # known for every pair (a grid over the fixed body)
     center = pair.center_lps_mm
