@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -231,6 +232,24 @@ def test_sdm_runs_and_mixed_tasks_are_not_ensembled(
     assert "is given twice" in capsys.readouterr().err
     assert evaluate_main([str(rigid_run), str(sdm_run), "--ensemble"]) == 2
     assert "mix tasks" in capsys.readouterr().err
+
+
+def test_a_failed_evaluation_removes_only_the_folder_it_made(
+    rigid_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a case could not be read")
+
+    monkeypatch.setattr(importlib.import_module("agents.experiments.registration"), "evaluate_rigid", broken)
+    common = ["--trials", "1", "--misalignments", "15", "--conditions", "mono"]
+    fresh = tmp_path / "new" / "eval"
+    assert evaluate_main([str(rigid_run), *common, "--out", str(fresh)]) == 2
+    assert "a case could not be read" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # everything this call made is gone
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert evaluate_main([str(rigid_run), *common, "--out", str(mine)]) == 2
+    assert mine.is_dir()  # a folder the user had stays
 
 
 def test_dqn_also_trains_on_the_rigid_env(cache: Path, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ from agents.greedy import GreedyConfig, GreedyTrainer, train_with_callbacks
 from agents.search import QNetworkPolicy, register, write_registration
 from envs import io
 from envs.data import Dataset
-from envs.io.atomic import atomic_write_text, check_output_folder
+from envs.io.atomic import atomic_write_text, check_output_folder, new_folder
 from envs.phantom import phantom_dataset
 from envs.tasks import AlignmentWorld, DeformableRegistrationEnv, RigidRegistrationEnv
 
@@ -272,42 +272,42 @@ def evaluate_registration_run(
     world = make_alignment_world(experiment, dataset, split, training=False, bundle=bundle)
     policy = load_policies(run, (world.observation_space(), gym.spaces.Discrete(world.n_actions)))
     out = out or run.eval_folder(split)
-    out.mkdir(parents=True, exist_ok=True)
-    pictures: list[Path] = []
+    with new_folder(out):  # a failure (or Ctrl-C) here removes the folder if this call made it
+        pictures: list[Path] = []
 
-    def on_result(condition: str, world: Any, pair: Any, result: Any) -> None:
-        if len(pictures) < png:
-            pictures.append(
-                overlay_png(world, pair, result, out / f"overlay_{condition}_{len(pictures)}.png")
+        def on_result(condition: str, world: Any, pair: Any, result: Any) -> None:
+            if len(pictures) < png:
+                pictures.append(
+                    overlay_png(world, pair, result, out / f"overlay_{condition}_{len(pictures)}.png")
+                )
+
+        began = time.perf_counter()
+        if isinstance(experiment, RigidExperiment):
+            metrics, rows = evaluate_rigid(
+                experiment,
+                policy,
+                dataset,
+                split,
+                misalignments=misalignments,
+                trials=trials,
+                conditions=conditions,
+                baselines=baselines,
+                on_result=on_result,
             )
-
-    began = time.perf_counter()
-    if isinstance(experiment, RigidExperiment):
-        metrics, rows = evaluate_rigid(
-            experiment,
-            policy,
-            dataset,
-            split,
-            misalignments=misalignments,
-            trials=trials,
-            conditions=conditions,
-            baselines=baselines,
-            on_result=on_result,
-        )
-    else:
-        assert bundle is not None
-        metrics, rows = evaluate_sdm(
-            experiment, policy, dataset, split, bundle, baselines=baselines, on_result=on_result
-        )
-    write_csv(out / "registrations.csv", rows)
-    atomic_write_text(out / "metrics.json", json_text(metrics))
-    table = markdown_table(metrics, f"{describe(run)}: split {split} ({dataset.source})")
-    atomic_write_text(out / "metrics.md", table)
-    plot = plot_success(metrics, out / "success_vs_misalignment.png")
-    print(table)
-    written = ["metrics.json", "registrations.csv", "metrics.md"] + ([plot.name] if plot else [])
-    written += [p.name for p in pictures]
-    print(f"evaluate.py: {time.perf_counter() - began:.0f} s; wrote {out}/ {', '.join(written)}")
+        else:
+            assert bundle is not None
+            metrics, rows = evaluate_sdm(
+                experiment, policy, dataset, split, bundle, baselines=baselines, on_result=on_result
+            )
+        write_csv(out / "registrations.csv", rows)
+        atomic_write_text(out / "metrics.json", json_text(metrics))
+        table = markdown_table(metrics, f"{describe(run)}: split {split} ({dataset.source})")
+        atomic_write_text(out / "metrics.md", table)
+        plot = plot_success(metrics, out / "success_vs_misalignment.png")
+        print(table)
+        written = ["metrics.json", "registrations.csv", "metrics.md"] + ([plot.name] if plot else [])
+        written += [p.name for p in pictures]
+        print(f"evaluate.py: {time.perf_counter() - began:.0f} s; wrote {out}/ {', '.join(written)}")
     return 0
 
 
