@@ -91,9 +91,15 @@ def test_opposite_biases_of_the_two_searches_cancel(world: RigidWorld) -> None:
         assert both.trajectory_levels[-1] == world.n_levels - 1
 
 
-def test_the_oracle_stays_below_a_millimetre(world: RigidWorld) -> None:
+def test_the_oracle_stays_below_a_millimetre(dataset: Dataset, world: RigidWorld) -> None:
     for pair, start in starts(world, 2):
         assert align(world, pair, AlignmentOracle(world), start, SYMMETRIC).error_mm < 1.0
+    edges = RigidWorld(dataset, "test", variants_per_case=2, observation="both", **RIGID)
+    pair = edges.pair(1)
+    inverse = swapped_pair(edges, pair)  # edge channels both ways: the fixed ones are the moving pyramid's
+    assert inverse.moving_edges is not None
+    assert inverse.fixed_edges[0].shape == pair.fixed_edges[0].shape
+    assert align(edges, pair, AlignmentOracle(edges), pair.truth + 8.0, SYMMETRIC).error_mm < 1.0
 
 
 def test_a_backward_search_that_leaves_its_basin_is_outvoted(world: RigidWorld) -> None:

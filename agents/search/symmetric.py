@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agents.search.align import AlignConfig, Alignment, align, with_final_answer
+from agents.search.guard import similarity
 from agents.search.policies import AlignmentPolicy
 from envs.core import apply_rigid, body_centre_lps, body_mask, euler_matrix, rigid_fit
 from envs.tasks import AlignmentPair, RigidWorld
@@ -71,7 +72,7 @@ def swapped_pair(world: RigidWorld, pair: AlignmentPair) -> AlignmentPair:
         moving_points,
         truth,
     )
-    return world.with_edges(swapped)
+    return world.with_edges(swapped, pair.moving_edges)  # its fixed edges: the moving volume's, made once
 
 
 def with_inverse_search(
@@ -103,8 +104,6 @@ def with_inverse_search(
     if disagreement <= config.symmetric_tolerance_mm:
         params, _ = rigid_fit(points, (ahead + back) / 2.0, center)
     else:
-        from agents.search.guard import similarity
-
         measure = similarity(world, pair)
         backward_params, _ = rigid_fit(points, back, center)
         params = min((forward.params, backward_params), key=measure)  # negative MI: lower is better
