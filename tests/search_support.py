@@ -1,4 +1,5 @@
-"""Helpers of the landmark-search tests: exact immediate rewards, one phantom whole and cropped."""
+"""Helpers of the search tests: exact immediate rewards, one phantom whole and cropped (landmarks);
+small rigid worlds of phantoms (registration)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,21 @@ def whole_and_cropped_phantom(folder: Path, slices: int) -> Dataset:
         "case_id,image,landmarks,split\nfull,full.nii.gz,points.fcsv,test\ncrop,crop.nii.gz,points.fcsv,test\n"
     )
     return Dataset.from_manifest(folder / "manifest.csv")
+
+
+SMALL_RIGID = {
+    "levels_mm": (8.0, 4.0),
+    "obs_size": 17,
+    "translation_steps_mm": (6.0, 0.5),
+    "rotation_steps_deg": (6.0, 0.5),
+    "misalignment_mm": 30.0,
+    "misalignment_deg": 30.0,
+}
+"""RigidWorld settings of the registration-search tests: two levels, 0.5 mm / 0.5 deg finest steps"""
+
+
+def small_rigid_dataset() -> Dataset:
+    """Five 4 mm phantoms (2 train, 1 val, 2 test) for :data:`SMALL_RIGID` worlds."""
+    from envs.phantom import PhantomConfig, phantom_dataset
+
+    return phantom_dataset(2, 1, 2, seed=5, config=PhantomConfig(spacing_mm=4.0))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from search_support import SMALL_RIGID, small_rigid_dataset
 
 from agents.experiments.config import RigidExperiment
 from agents.experiments.registration_eval import guarded_outcome
@@ -23,23 +24,15 @@ from agents.search import (
 from agents.search.guard import MIN_BOUND, PEAK_RATIO
 from envs.core import euler_transform, resample_isotropic
 from envs.data import Dataset
-from envs.phantom import PhantomConfig, phantom_dataset
 from envs.tasks import RIGID_ACTION_NAMES, UNIT, RigidWorld
 
-RIGID = {
-    "levels_mm": (8.0, 4.0),
-    "obs_size": 17,
-    "translation_steps_mm": (6.0, 0.5),
-    "rotation_steps_deg": (6.0, 0.5),
-    "misalignment_mm": 30.0,
-    "misalignment_deg": 30.0,
-}
+RIGID = SMALL_RIGID
 PLUS_RX, MINUS_RX = RIGID_ACTION_NAMES.index("+rx"), RIGID_ACTION_NAMES.index("-rx")
 
 
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
-    return phantom_dataset(2, 1, 2, seed=5, config=PhantomConfig(spacing_mm=4.0))
+    return small_rigid_dataset()
 
 
 @pytest.fixture(scope="module")

@@ -6,30 +6,23 @@ import dataclasses
 
 import numpy as np
 import pytest
+from search_support import SMALL_RIGID, small_rigid_dataset
 
 from agents.experiments import ConfigError, SdmExperiment
 from agents.search import AlignConfig, AlignmentOracle, align, swapped_pair
 from agents.search.symmetric import body_coverage, inverse_points
 from envs.core import apply_rigid, rigid_fit
 from envs.data import Dataset
-from envs.phantom import PhantomConfig, phantom_dataset
 from envs.tasks import UNIT, RigidWorld
 
-RIGID = {
-    "levels_mm": (8.0, 4.0),
-    "obs_size": 17,
-    "translation_steps_mm": (6.0, 0.5),
-    "rotation_steps_deg": (6.0, 0.5),
-    "misalignment_mm": 30.0,
-    "misalignment_deg": 30.0,
-}
+RIGID = SMALL_RIGID
 SYMMETRIC = AlignConfig(symmetric=True)
 BIAS = np.array([3.0, -2.0, 0.0, 0.0, 0.0, 0.0])  # a network's habit: 3 mm off in x, 2 mm in y
 
 
 @pytest.fixture(scope="module")
 def dataset() -> Dataset:
-    return phantom_dataset(2, 1, 2, seed=5, config=PhantomConfig(spacing_mm=4.0))
+    return small_rigid_dataset()
 
 
 @pytest.fixture(scope="module")
