@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from agents.experiments import (
     to_mapping,
 )
 from agents.experiments.predict import prediction_inputs
+from agents.experiments.runs import handle_sigterm
 from agents.experiments.sweep import expand_run_folders
 from agents.networks import set_torch_threads
 from envs.io import check_output_folder
@@ -300,11 +302,15 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    previous = handle_sigterm()  # a killed evaluation removes the output folder it made, as on an error
     try:
         set_torch_threads(1)
         return evaluate(args)
     except (ConfigError, ValueError, OSError, KeyError) as error:
         return print_error("evaluate.py", error)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

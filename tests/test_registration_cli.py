@@ -6,12 +6,16 @@ import csv
 import importlib
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scripts_support import evaluate_main, train_main
+from scripts_support import PROCESS_ENV, ROOT, evaluate_main, train_main
 
 from agents.experiments import ConfigError, RigidExperiment, SdmExperiment, load_experiment
 from envs import io
@@ -250,6 +254,26 @@ def test_a_failed_evaluation_removes_only_the_folder_it_made(
     mine.mkdir()
     assert evaluate_main([str(rigid_run), *common, "--out", str(mine)]) == 2
     assert mine.is_dir()  # a folder the user had stays
+
+
+def test_a_killed_evaluation_removes_the_folder_it_made(rigid_run: Path, tmp_path: Path) -> None:
+    """SIGTERM (``kill``, a scheduler's time limit) mid-evaluation: exit status 143, no folder left."""
+    out = tmp_path / "eval"
+    argv = [str(rigid_run), "--trials", "20", "--conditions", "mono", "--out", str(out)]
+    with (tmp_path / "evaluate.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "evaluate.py"), *argv], env=PROCESS_ENV, stdout=log, stderr=log
+        )
+    deadline = time.monotonic() + 120.0
+    while not out.exists():
+        assert process.poll() is None, (tmp_path / "evaluate.log").read_text()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.5)
+    assert process.poll() is None, "the evaluation ended before it could be killed"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    assert not out.exists()
 
 
 def test_dqn_also_trains_on_the_rigid_env(cache: Path, tmp_path: Path) -> None:

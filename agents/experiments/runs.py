@@ -54,6 +54,7 @@ __all__ = [
     "Run",
     "check_run_dir",
     "create_run",
+    "handle_sigterm",
     "json_text",
     "new_run_or_nothing",
     "open_run",
@@ -290,8 +291,10 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated(128 + signum)
 
 
-def _handle_sigterm() -> Any:
-    """Turn SIGTERM into :class:`_Terminated`; returns the previous handler (None off the main thread)."""
+def handle_sigterm() -> Any:
+    """Turn SIGTERM into :class:`_Terminated` (a ``SystemExit``, status 143), so that clean-up
+    (``new_folder``, ``new_run_or_nothing``) runs when the process is killed; returns the
+    previous handler (None off the main thread)."""
     try:
         return signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: SIGTERM keeps its handler
@@ -307,7 +310,7 @@ def new_run_or_nothing(run: Run) -> Iterator[Run]:
     removal takes exactly the folders and files it made: a folder that existed (empty) stays. A
     resumed run, or one that has a checkpoint, is never removed: ``--resume`` continues it.
     """
-    previous_handler = _handle_sigterm()
+    previous_handler = handle_sigterm()
     try:
         yield run
     except BaseException as error:
