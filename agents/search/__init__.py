@@ -11,7 +11,8 @@ The map:
 - :mod:`agents.search.shape`: :func:`detect_with_shape`, the answers checked against the
   training scans' landmark configuration (:class:`LandmarkShape`), suspects searched again.
 - :mod:`agents.search.align`: :func:`align` on a transform's parameters and
-  :func:`refine_alignment` (SimpleITK polish of a rigid answer).
+  :func:`refine_alignment` (SimpleITK polish of a rigid answer); its settings and answers
+  (:class:`AlignConfig`, :class:`Alignment`) in :mod:`agents.search.align_config`.
 - :mod:`agents.search.symmetric`: the inverse registration searched too and the two answers
   averaged (``AlignConfig.symmetric``).
 - :mod:`agents.search.guard`: :func:`guard_alignment`, the plausibility guard of a rigid answer

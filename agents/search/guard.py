@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from agents.search.align import AlignConfig, Alignment, with_final_answer
+from agents.search.align_config import AlignConfig, Alignment, with_final_answer
 from envs.core import (
     Volume,
     apply_rigid,

@@ -19,12 +19,13 @@ volume, is not run: the agent never trained on a partial fixed volume.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-from agents.search.align import AlignConfig, Alignment, align, with_final_answer
+from agents.search.align_config import AlignConfig, Alignment, with_final_answer
 from agents.search.guard import similarity
 from agents.search.policies import AlignmentPolicy
 from envs.core import apply_rigid, body_centre_lps, body_mask, euler_matrix, rigid_fit
@@ -82,9 +83,12 @@ def with_inverse_search(
     start: NDArray,
     forward: Alignment,
     config: AlignConfig,
+    search: Callable[..., Alignment],
 ) -> Alignment:
     """``forward`` (the search of ``pair`` from ``start``) averaged with the inverse search's answer
     (``forward`` itself when the moving body covers less than ``config.symmetric_min_coverage``).
+    ``search(world, pair, policy, start, config)`` is the one-way search
+    (:func:`agents.search.align` calls this with its own).
 
     The result is ``forward`` with the combined answer appended to its trajectory (at the
     finest level); ``steps`` and ``seconds`` count both searches.
@@ -97,7 +101,7 @@ def with_inverse_search(
     center = pair.center_lps_mm
     # The inverse start: S^-1 about the inverse pair's centre (fitted on S's own point pairs).
     inverse_start, _ = rigid_fit(apply_rigid(start, center, points), points, inverse.center_lps_mm)
-    backward = align(world, inverse, policy, inverse_start, replace(config, symmetric=False))
+    backward = search(world, inverse, policy, inverse_start, replace(config, symmetric=False))
     ahead = apply_rigid(forward.params, center, points)
     back = inverse_points(backward.params, inverse.center_lps_mm, points)
     disagreement = float(np.mean(np.linalg.norm(ahead - back, axis=1)))
